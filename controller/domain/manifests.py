@@ -1,0 +1,99 @@
+"""An app folder's manifests, parsed: every YAML document an object, each with where it came from.
+
+Errors name the file and the document, so "sampleapp/deployment.yml: document 2: metadata.name:
+is required" reaches the commit status instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import yaml
+
+from controller.domain.policy import POLICY_FILE, Policy
+from controller.domain.types import KubeObject
+from controller.errors import InputError
+
+# Kinds that live outside namespaces; the Kubernetes edge checks the rest with discovery.
+CLUSTER_SCOPED = frozenset({
+    "Namespace", "Node", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding",
+    "CustomResourceDefinition", "PriorityClass", "IngressClass", "RuntimeClass", "CSIDriver",
+    "APIService", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str  # "app/deployment.yml#2": file and 1-based document number
+    obj: KubeObject
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.obj["metadata"]["name"])
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, str(self.obj["metadata"].get("namespace", "")), self.name)
+
+
+def select_files(names: Iterable[str], policy: Policy) -> list[str]:
+    """The manifest files of an app: names (relative to the folder) matching its globs."""
+    return sorted(
+        name for name in names
+        if name != POLICY_FILE and any(fnmatch.fnmatchcase(name, p) for p in policy.manifests)
+    )
+
+
+def parse_manifests(files: Mapping[str, str], policy: Policy) -> list[Manifest]:
+    """Parse {path: text}; default the namespace of namespaced objects to the app's."""
+    manifests: list[Manifest] = []
+    seen: dict[tuple[str, str, str], str] = {}
+    for path, text in sorted(files.items()):
+        try:
+            documents = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise InputError(path, "", f"invalid YAML: {problem}{where}") from None
+        for number, doc in enumerate(documents, start=1):
+            if doc is None:
+                continue
+            for obj in _objects(path, number, doc):
+                if obj["kind"] not in CLUSTER_SCOPED:
+                    obj["metadata"].setdefault("namespace", policy.namespace)
+                manifest = Manifest(f"{path}#{number}", obj)
+                if manifest.key in seen:
+                    raise InputError(path, f"document {number}",
+                                     f"{manifest.kind} {manifest.name} is also defined in "
+                                     f"{seen[manifest.key]}")
+                seen[manifest.key] = manifest.source
+                manifests.append(manifest)
+    return manifests
+
+
+def _objects(path: str, number: int, doc: object) -> list[KubeObject]:
+    where = f"document {number}"
+    if not isinstance(doc, dict):
+        raise InputError(path, where, "must be a Kubernetes object (a mapping)")
+    for key in ("apiVersion", "kind"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise InputError(path, f"{where}: {key}", "is required")
+    if doc["kind"] == "List":
+        items = doc.get("items")
+        if not isinstance(items, list):
+            raise InputError(path, f"{where}: items", "a List needs a list of items")
+        return [obj for item in items for obj in _objects(path, number, item)]
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict):
+        raise InputError(path, f"{where}: metadata", "is required (a mapping)")
+    if not isinstance(metadata.get("name"), str) or not metadata["name"]:
+        raise InputError(path, f"{where}: metadata.name", "is required")
+    return [doc]

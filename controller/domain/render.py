@@ -1,0 +1,280 @@
+"""The pod-ratio canary rendering rules of SPEC §2, as pure functions.
+
+Given an app's parsed manifests and the live stable objects, decide the objects to apply:
+pass-through objects as written, stable workloads (annotated with their fingerprint), and the
+`-baseline` / `-canary` variants with the version label and the canary replica count. A
+ConfigMap or Secret that a workload reads and that changed gets a `-canary` copy, so a canary
+never changes what stable pods read.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controller.domain.manifests import Manifest
+from controller.domain.policy import Policy
+from controller.domain.types import (
+    ANNOTATION_FINGERPRINT,
+    ANNOTATION_PREVIOUS_FINGERPRINT,
+    ANNOTATION_PREVIOUS_REVISION,
+    ANNOTATION_REVISION,
+    LABEL_APP,
+    LABEL_VERSION,
+    WORKLOAD_KINDS,
+    Fingerprint,
+    KubeObject,
+    Variant,
+)
+
+CONFIG_KINDS = frozenset({"ConfigMap", "Secret"})
+NO_REPLICAS = frozenset({"DaemonSet", "Pod"})
+
+# Written by the server, or by other tools, never part of what we apply.
+SERVER_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
+                   "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences")
+SERVER_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
+                      "deployment.kubernetes.io/revision")
+
+Key = tuple[str, str, str]  # kind, namespace, name
+
+
+def variant_replicas(replicas: int | None, percentage: float) -> int:
+    """max(1, floor(R * P / 100 + 0.5)): round half up, never banker's rounding."""
+    r = 1 if replicas is None else replicas
+    return max(1, math.floor(r * percentage / 100 + 0.5))
+
+
+def key_of(obj: KubeObject) -> Key:
+    meta = obj.get("metadata", {})
+    return (str(obj.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def pod_spec(obj: KubeObject) -> dict[str, Any]:
+    if obj["kind"] == "Pod":
+        spec: dict[str, Any] = obj.setdefault("spec", {})
+        return spec
+    template: dict[str, Any] = obj.setdefault("spec", {}).setdefault("template", {})
+    return template.setdefault("spec", {})  # type: ignore[no-any-return]
+
+
+def _config_refs(spec: Mapping[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """Every place a pod spec names a ConfigMap or Secret: (kind, holder dict, key in holder)."""
+    for volume in spec.get("volumes") or []:
+        if isinstance(volume.get("configMap"), dict):
+            yield "ConfigMap", volume["configMap"], "name"
+        if isinstance(volume.get("secret"), dict):
+            yield "Secret", volume["secret"], "secretName"
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if isinstance(source.get("configMap"), dict):
+                yield "ConfigMap", source["configMap"], "name"
+            if isinstance(source.get("secret"), dict):
+                yield "Secret", source["secret"], "name"
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for env_from in container.get("envFrom") or []:
+            if isinstance(env_from.get("configMapRef"), dict):
+                yield "ConfigMap", env_from["configMapRef"], "name"
+            if isinstance(env_from.get("secretRef"), dict):
+                yield "Secret", env_from["secretRef"], "name"
+        for env in container.get("env") or []:
+            source = env.get("valueFrom") or {}
+            if isinstance(source.get("configMapKeyRef"), dict):
+                yield "ConfigMap", source["configMapKeyRef"], "name"
+            if isinstance(source.get("secretKeyRef"), dict):
+                yield "Secret", source["secretKeyRef"], "name"
+
+
+def _config_content(obj: KubeObject) -> dict[str, Any]:
+    """What pods read from a ConfigMap or Secret, with Secret stringData folded into data."""
+    data = dict(obj.get("data") or {})
+    if obj["kind"] == "Secret":
+        for k, v in (obj.get("stringData") or {}).items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+    return {"data": data, "binaryData": dict(obj.get("binaryData") or {})}
+
+
+def _template(obj: KubeObject) -> Any:
+    return obj.get("spec") if obj["kind"] == "Pod" else (obj.get("spec") or {}).get("template")
+
+
+def fingerprint(manifests: list[Manifest]) -> Fingerprint:
+    """A hash of everything that changes what the app's pods run: workload pod templates and
+    the content of the ConfigMaps/Secrets they read (when the app defines them)."""
+    objects = {m.key: m.obj for m in manifests}
+    parts: list[Any] = []
+    for m in sorted(manifests, key=lambda m: m.key):
+        if m.kind not in WORKLOAD_KINDS:
+            continue
+        parts.append([m.key, _template(m.obj)])
+        spec = copy.deepcopy(_template(m.obj) or {})
+        spec = spec if m.kind == "Pod" else spec.get("spec") or {}
+        for kind, holder, field in _config_refs(spec):
+            ref = (kind, m.key[1], str(holder.get(field, "")))
+            if ref in objects:
+                parts.append([ref, _config_content(objects[ref])])
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return Fingerprint(hashlib.sha256(blob.encode()).hexdigest()[:16])
+
+
+def live_fingerprint(live: Mapping[Key, KubeObject], manifests: list[Manifest]) -> str | None:
+    """The fingerprint stable runs: the one the controller recorded on every stable workload.
+    None when any workload is missing, unrecorded, or they disagree."""
+    found = set()
+    for m in manifests:
+        if m.kind not in WORKLOAD_KINDS:
+            continue
+        obj = live.get(m.key)
+        if obj is None:
+            return None
+        found.add(((obj.get("metadata") or {}).get("annotations") or {}).get(
+            ANNOTATION_FINGERPRINT))
+    if len(found) != 1 or None in found:
+        return None
+    return str(found.pop())
+
+
+def strip_server_fields(obj: KubeObject) -> KubeObject:
+    clean = copy.deepcopy(obj)
+    clean.pop("status", None)
+    meta = clean.setdefault("metadata", {})
+    for field in SERVER_METADATA:
+        meta.pop(field, None)
+    annotations = meta.get("annotations") or {}
+    for name in [*SERVER_ANNOTATIONS, *(a for a in annotations if a.startswith("gitops-canary/"))]:
+        annotations.pop(name, None)
+    if not annotations:
+        meta.pop("annotations", None)
+    if clean.get("kind") == "Pod":
+        clean.get("spec", {}).pop("nodeName", None)
+    return clean
+
+
+def _label_variant(obj: KubeObject, variant: Variant, app: str, replicas: int | None) -> None:
+    """Rename to <name>-<variant> and add the version label to metadata, selector and template."""
+    meta = obj.setdefault("metadata", {})
+    meta["name"] = f"{meta['name']}-{variant}"
+    labels = meta.get("labels") or {}
+    meta["labels"] = {**labels, LABEL_VERSION: str(variant), LABEL_APP: app}
+    if obj["kind"] == "Pod":
+        return
+    spec = obj.setdefault("spec", {})
+    selector = spec.get("selector") or {}
+    spec["selector"] = {**selector, "matchLabels": {**(selector.get("matchLabels") or {}),
+                                                    LABEL_VERSION: str(variant)}}
+    template = spec.get("template") or {}
+    template_meta = template.get("metadata") or {}
+    template["metadata"] = {**template_meta, "labels": {**(template_meta.get("labels") or {}),
+                                                        LABEL_VERSION: str(variant)}}
+    spec["template"] = template
+    if obj["kind"] not in NO_REPLICAS and replicas is not None:
+        spec["replicas"] = replicas
+
+
+def _annotate(obj: KubeObject, values: Mapping[str, str | None]) -> None:
+    meta = obj.setdefault("metadata", {})
+    annotations = dict(meta.get("annotations") or {})
+    annotations.update({k: v for k, v in values.items() if v})
+    meta["annotations"] = annotations
+
+
+@dataclass(frozen=True)
+class Rendered:
+    fingerprint: Fingerprint
+    passthrough: tuple[KubeObject, ...]  # applied as written, now
+    deferred: tuple[KubeObject, ...]  # changed ConfigMaps/Secrets pods read: at promotion
+    stable: tuple[KubeObject, ...]  # the desired workloads, as stable
+    baseline: tuple[KubeObject, ...]  # empty on a first deployment
+    canary: tuple[KubeObject, ...]  # canary workloads and canary copies of changed configs
+
+    @property
+    def variant_keys(self) -> tuple[Key, ...]:
+        return tuple(key_of(o) for o in (*self.baseline, *self.canary))
+
+
+def render(
+    policy: Policy,
+    manifests: list[Manifest],
+    live: Mapping[Key, KubeObject],
+    revision: str = "",
+) -> Rendered:
+    """Everything the controller may apply for this app, given the live stable objects."""
+    fp = fingerprint(manifests)
+    workloads = [m for m in manifests if m.kind in WORKLOAD_KINDS]
+    by_key = {m.key: m.obj for m in manifests}
+
+    # ConfigMaps/Secrets that a workload reads, that exist live, and whose content changed.
+    changed: set[Key] = set()
+    for m in workloads:
+        for kind, holder, field in _config_refs(pod_spec(copy.deepcopy(m.obj))):
+            ref = (kind, m.key[1], str(holder.get(field, "")))
+            if ref in by_key and ref in live and \
+                    _config_content(by_key[ref]) != _config_content(live[ref]):
+                changed.add(ref)
+
+    passthrough = tuple(copy.deepcopy(m.obj) for m in manifests
+                        if m.kind not in WORKLOAD_KINDS and m.key not in changed)
+    deferred = tuple(copy.deepcopy(by_key[k]) for k in sorted(changed))
+
+    stable = []
+    for m in workloads:
+        obj = copy.deepcopy(m.obj)
+        current = (live.get(m.key) or {}).get("metadata", {}).get("annotations") or {}
+        moving = current.get(ANNOTATION_FINGERPRINT) not in (None, fp)
+        _annotate(obj, {
+            ANNOTATION_FINGERPRINT: fp,
+            ANNOTATION_REVISION: revision or current.get(ANNOTATION_REVISION),
+            # What stable ran before this spec: the target of a direct rollback.
+            ANNOTATION_PREVIOUS_FINGERPRINT: current.get(ANNOTATION_FINGERPRINT) if moving
+            else current.get(ANNOTATION_PREVIOUS_FINGERPRINT),
+            ANNOTATION_PREVIOUS_REVISION: current.get(ANNOTATION_REVISION) if moving
+            else current.get(ANNOTATION_PREVIOUS_REVISION),
+        })
+        stable.append(obj)
+
+    baseline, canary = [], []
+    for m in workloads:
+        replicas = variant_replicas(m.obj.get("spec", {}).get("replicas"), policy.percentage)
+        if m.key in live:
+            base = strip_server_fields(live[m.key])
+            _label_variant(base, Variant.BASELINE, policy.app, replicas)
+            baseline.append(base)
+        can = copy.deepcopy(m.obj)
+        for kind, holder, field in _config_refs(pod_spec(can)):
+            if (kind, m.key[1], str(holder.get(field, ""))) in changed:
+                holder[field] = f"{holder[field]}-canary"
+        _label_variant(can, Variant.CANARY, policy.app, replicas)
+        _annotate(can, {ANNOTATION_FINGERPRINT: fp, ANNOTATION_REVISION: revision})
+        canary.append(can)
+    for ref in sorted(changed):
+        config = copy.deepcopy(by_key[ref])
+        config["metadata"]["name"] = f"{ref[2]}-canary"
+        labels = config["metadata"].get("labels") or {}
+        config["metadata"]["labels"] = {**labels, LABEL_VERSION: str(Variant.CANARY),
+                                        LABEL_APP: policy.app}
+        canary.append(config)
+
+    return Rendered(fp, passthrough, deferred, tuple(stable), tuple(baseline), tuple(canary))
+
+
+def first_deployment(policy: Policy, live: Mapping[Key, KubeObject],
+                     manifests: list[Manifest]) -> bool:
+    return not any(m.key in live for m in manifests if m.kind in WORKLOAD_KINDS)
+
+
+def planned_objects(policy: Policy, manifests: list[Manifest], live: Mapping[Key, KubeObject],
+                    revision: str = "") -> list[KubeObject]:
+    """What `gitops-canary render` prints: the objects a reconcile would apply right now."""
+    rendered = render(policy, manifests, live, revision)
+    if first_deployment(policy, live, manifests):
+        if policy.bootstrap == "direct":
+            return [*rendered.passthrough, *rendered.deferred, *rendered.stable]
+        return [*rendered.passthrough, *rendered.canary]
+    if live_fingerprint(live, manifests) == rendered.fingerprint:
+        return [*rendered.passthrough, *rendered.deferred, *rendered.stable]
+    return [*rendered.passthrough, *rendered.baseline, *rendered.canary]

@@ -1,0 +1,156 @@
+"""The git edge: a bare mirror of the tracked branch, read through GitPython.
+
+It fetches, lists the apps (folders holding canary.yaml), reads an app folder at a commit, and
+walks the commits that changed a folder. Trees, not ancestry, decide what changed, so force
+pushes and rewritten history need no special case. Credentials come from a file or the
+environment and reach git through GIT_CONFIG_* variables, never a command line or a log.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from controller.domain.policy import POLICY_FILE
+from controller.domain.types import Sha
+from controller.errors import ApiError, TransientError
+
+NOTES_REF = "refs/notes/gitops-canary"
+
+
+@dataclass(frozen=True)
+class AppFolder:
+    path: str  # relative to the repository root; "" for the root itself
+    tree: str  # the folder's git tree sha: equal trees, equal apps
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1] if self.path else "root"
+
+
+def credentials_env(token: str | None, username: str = "git") -> dict[str, str]:
+    """Environment that makes git send HTTP basic auth without putting the token on a
+    command line (visible in `ps`) or in a config file."""
+    if not token:
+        return {}
+    basic = base64.b64encode(f"{username}:{token}".encode()).decode()
+    return {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+    }
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+class GitSource:
+    def __init__(self, url: str, branch: str, workdir: Path, token: str | None = None) -> None:
+        self.url = url if "://" in url or url.startswith("git@") else str(Path(url).resolve())
+        self.branch = branch
+        self.workdir = workdir
+        self._token = token
+        self._env = {"GIT_TERMINAL_PROMPT": "0", **credentials_env(token)}
+        self._apps_cache: dict[str, list[AppFolder]] = {}
+        if (workdir / "HEAD").exists():
+            self.repo = git.Repo(workdir)
+        else:
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.repo = git.Repo.init(workdir, bare=True)
+        self._git("config", "remote.origin.url", self.url)
+        # Notes are commits too: they need an author.
+        self._git("config", "user.name", "gitops-canary")
+        self._git("config", "user.email", "gitops-canary@localhost")
+
+    @property
+    def tracking_ref(self) -> str:
+        return f"refs/remotes/origin/{self.branch}"
+
+    def _git(self, *args: str) -> str:
+        try:
+            with self.repo.git.custom_environment(**self._env):
+                out: str = self.repo.git.execute(["git", *args])
+                return out
+        except git.GitCommandError as error:
+            message = _redact(str(error.stderr or error).strip(), self._token)
+            if args and args[0] in ("fetch", "push", "ls-remote"):
+                raise TransientError(f"git {args[0]} {self.url}: {message}") from None
+            raise ApiError(f"git {' '.join(args[:2])}: {message}") from None
+
+    def fetch(self) -> Sha:
+        """Fetch the branch (and the status notes); return the head commit."""
+        self._git("fetch", "--prune", "--no-tags", "origin",
+                  f"+refs/heads/{self.branch}:{self.tracking_ref}")
+        return Sha(self.repo.commit(self.tracking_ref).hexsha)
+
+    def fetch_notes(self) -> None:
+        remote = self._git("ls-remote", "origin", NOTES_REF)
+        if remote.strip():
+            self._git("fetch", "--no-tags", "origin", f"+{NOTES_REF}:{NOTES_REF}")
+
+    def apps(self, head: Sha) -> list[AppFolder]:
+        """Every folder of the commit that holds a canary.yaml, cached by the root tree."""
+        root = self.repo.commit(head).tree
+        if root.hexsha not in self._apps_cache:
+            found = [
+                AppFolder(os.path.dirname(str(item.path)),
+                          (root / os.path.dirname(str(item.path))).hexsha
+                          if os.path.dirname(str(item.path)) else root.hexsha)
+                for item in root.traverse()
+                if isinstance(item, git.Blob) and item.name == POLICY_FILE
+            ]
+            self._apps_cache = {root.hexsha: sorted(found, key=lambda a: a.path)}
+        return self._apps_cache[root.hexsha]
+
+    def folder_tree(self, commit: Sha, path: str) -> str | None:
+        tree = self.repo.commit(commit).tree
+        try:
+            return (tree / path).hexsha if path else tree.hexsha
+        except KeyError:
+            return None
+
+    def read_folder(self, tree_sha: str) -> dict[str, str]:
+        """{relative path: text} of every file under a folder's tree."""
+        tree = self.repo.tree(tree_sha)
+        files = {}
+        prefix = len(tree.path) + 1 if tree.path else 0
+        for item in tree.traverse():
+            if isinstance(item, git.Blob):
+                relative = str(item.path)[prefix:] if prefix else str(item.path)
+                files[relative] = item.data_stream.read().decode("utf-8", errors="replace")
+        return files
+
+    def changes(self, head: Sha, path: str) -> Iterator[tuple[Sha, str | None]]:
+        """Commits that changed the folder, newest first, with the folder's tree in each one's
+        first parent (None when the folder did not exist there)."""
+        shas = self._git("rev-list", head, "--", path or ".").split()
+        for sha in shas:
+            commit = self.repo.commit(sha)
+            parent = commit.parents[0].hexsha if commit.parents else None
+            yield Sha(sha), self.folder_tree(Sha(parent), path) if parent else None
+
+    def last_change(self, head: Sha, path: str) -> Sha:
+        first = self._git("rev-list", "-1", head, "--", path or ".").strip()
+        return Sha(first or head)
+
+    def author_email(self, sha: Sha) -> str:
+        return str(self.repo.commit(sha).author.email)
+
+    # Git notes: the default commit-status sink writes through these.
+    def read_note(self, sha: Sha) -> str:
+        try:
+            return self._git("notes", f"--ref={NOTES_REF}", "show", sha)
+        except ApiError:
+            return ""
+
+    def write_note(self, sha: Sha, text: str) -> None:
+        self._git("notes", f"--ref={NOTES_REF}", "add", "-f", "-m", text, sha)
+
+    def push_notes(self) -> None:
+        self._git("push", "origin", f"{NOTES_REF}:{NOTES_REF}")
