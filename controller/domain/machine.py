@@ -171,7 +171,7 @@ def _at_stable(record: Record, obs: Observation) -> Decision:
                                  canary_fingerprint=None, canary_started=None,
                                  first_deployment=False)
     if obs.variants_present or record.canary_revision is not None:
-        statuses = ()
+        statuses: tuple[StatusNote, ...] = ()
         if record.canary_revision is not None and record.canary_fingerprint != obs.fingerprint:
             statuses = (StatusNote(record.canary_revision, StatusState.FAILURE,
                                    f"rejected: git is back at stable's spec "

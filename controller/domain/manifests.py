@@ -43,11 +43,18 @@ class Manifest:
         return (self.kind, str(self.obj["metadata"].get("namespace", "")), self.name)
 
 
+def _glob_match(name: str, pattern: str) -> bool:
+    """Shell-style match where `*` stays inside one folder level, as in a shell."""
+    parts, wanted = name.split("/"), pattern.split("/")
+    return len(parts) == len(wanted) and all(
+        fnmatch.fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=True))
+
+
 def select_files(names: Iterable[str], policy: Policy) -> list[str]:
     """The manifest files of an app: names (relative to the folder) matching its globs."""
     return sorted(
         name for name in names
-        if name != POLICY_FILE and any(fnmatch.fnmatchcase(name, p) for p in policy.manifests)
+        if name != POLICY_FILE and any(_glob_match(name, p) for p in policy.manifests)
     )
 
 

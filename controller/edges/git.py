@@ -117,13 +117,11 @@ class GitSource:
 
     def read_folder(self, tree_sha: str) -> dict[str, str]:
         """{relative path: text} of every file under a folder's tree."""
-        tree = self.repo.tree(tree_sha)
         files = {}
-        prefix = len(tree.path) + 1 if tree.path else 0
-        for item in tree.traverse():
+        # A tree looked up by sha has no path of its own: item paths are relative to it.
+        for item in self.repo.tree(tree_sha).traverse():
             if isinstance(item, git.Blob):
-                relative = str(item.path)[prefix:] if prefix else str(item.path)
-                files[relative] = item.data_stream.read().decode("utf-8", errors="replace")
+                files[str(item.path)] = item.data_stream.read().decode("utf-8", errors="replace")
         return files
 
     def changes(self, head: Sha, path: str) -> Iterator[tuple[Sha, str | None]]:
