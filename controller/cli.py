@@ -1,27 +1,262 @@
-"""The `gitops-canary` command line: the product's public surface (SPEC §6)."""
+"""The `gitops-canary` command line: the product's public surface (SPEC §6).
+
+run      the controller: git → cluster, statuses as git notes
+render   print what would be applied for an app folder (no cluster writes)
+status   per app: phase, stable and canary revisions, last status
+promote  prepare the approval commit (`promote: <sha>` in canary.yaml) in a local clone
+reject   prepare the revert commit of the canary in a local clone
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from controller import __version__
+from controller.apps import AppReader
+from controller.domain.manifests import parse_manifests, select_files
+from controller.domain.policy import POLICY_FILE, parse_policy
+from controller.domain.render import key_of, planned_objects
+from controller.domain.types import KubeObject, Sha
+from controller.edges.git import GitRepo, GitSource
+from controller.edges.kube import Kube, connect
+from controller.edges.statuses import GitNotesSink
+from controller.errors import CanaryError
+from controller.reconcile import Reconciler
+from controller.run import loop
+
+log = logging.getLogger("gitops-canary")
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+
+
+def duration(text: str) -> float:
+    match = DURATION.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 500ms, 30s, 5m)")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def _secret(file: str | None, env: str) -> str | None:
+    """A secret from a file (preferred) or an environment variable; never from a flag."""
+    if file:
+        return Path(file).read_text().strip()
+    return os.environ.get(env) or None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gitops-canary",
-        description="GitOps canary controller: git drives stable, baseline and canary.",
-    )
+    parser = argparse.ArgumentParser(prog="gitops-canary", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gitops-canary {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("GITOPS_CANARY_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    kube = argparse.ArgumentParser(add_help=False)
+    kube.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                      help="kubeconfig file (default: $KUBECONFIG, else in-cluster)")
+    kube.add_argument("--state-namespace",
+                      default=os.environ.get("GITOPS_CANARY_STATE_NAMESPACE", "gitops-canary"),
+                      help="namespace of the per-app records (default: %(default)s)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--output", "-o", choices=("text", "json", "yaml"), default="text")
+
+    run = sub.add_parser("run", parents=[kube], help="run the controller")
+    run.add_argument("--repo", default=os.environ.get("GITOPS_CANARY_REPO"), required=
+                     "GITOPS_CANARY_REPO" not in os.environ,
+                     help="deploy repository: path, file://, https:// or ssh:// URL")
+    run.add_argument("--branch", default=os.environ.get("GITOPS_CANARY_BRANCH", "main"))
+    run.add_argument("--interval", type=duration,
+                     default=duration(os.environ.get("GITOPS_CANARY_INTERVAL", "30s")),
+                     help="poll interval (default 30s); local paths also wake on new commits")
+    run.add_argument("--workdir", type=Path, default=None,
+                     help="folder of the controller's git mirror (default: under ~/.cache)")
+    run.add_argument("--namespaces", default=os.environ.get("GITOPS_CANARY_NAMESPACES"),
+                     help="comma-separated namespaces apps may use (default: all)")
+    run.add_argument("--allow-cluster-kind", action="append", default=[], metavar="KIND",
+                     help="a cluster-scoped kind apps may apply (repeatable; default: none)")
+    run.add_argument("--git-token-file", default=None,
+                     help="file holding an HTTPS token for the repository "
+                          "(or $GITOPS_CANARY_GIT_TOKEN)")
+    run.add_argument("--once", action="store_true", help="reconcile once and exit")
+
+    render = sub.add_parser("render", parents=[output], help="print the objects to apply")
+    render.add_argument("app_dir", type=Path, metavar="APP_DIR")
+    render.add_argument("--live", type=Path, metavar="FILE",
+                        help="YAML stream of the live stable objects (absent: first deployment)")
+    render.set_defaults(output="yaml")
+
+    sub.add_parser("status", parents=[kube, output], help="show every app's phase and status")
+
+    for name, text in (("promote", "commit the approval of APP's canary in a local clone"),
+                       ("reject", "commit the revert of APP's canary in a local clone")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("app", metavar="APP")
+        cmd.add_argument("--repo", type=Path, default=Path.cwd(),
+                         help="the local clone (default: the current folder)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help(sys.stdout)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        handler = {"run": _run, "render": _render, "status": _status, "promote": _promote,
+                   "reject": _reject}[args.command]
+        return handler(args)
+    except CanaryError as error:
+        print(f"gitops-canary {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _emit(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        print(yaml.safe_dump_all(data if isinstance(data, list) else [data], sort_keys=False),
+              end="")
+
+
+# --- run ----------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    url: str = args.repo
+    workdir = args.workdir or Path.home() / ".cache" / "gitops-canary" / "mirrors" / \
+        hashlib.sha256(f"{url}#{args.branch}".encode()).hexdigest()[:16]
+    token = _secret(args.git_token_file, "GITOPS_CANARY_GIT_TOKEN")
+    source = GitSource(url, args.branch, workdir, token)
+    namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip()) \
+        if args.namespaces else None
+    kube = Kube(connect(args.kubeconfig), namespaces, frozenset(args.allow_cluster_kind),
+                args.state_namespace)
+    reconciler = Reconciler(source, kube, GitNotesSink(source))
+    if args.once:
+        result = reconciler.reconcile()
+        return 1 if result.error else 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("watching %s (branch %s) every %.0fs", source.url, args.branch, args.interval)
+    loop(reconciler, args.interval, stop)
+    log.info("stopped")
+    return 0
+
+
+# --- render -------------------------------------------------------------------------------
+
+
+def _render(args: argparse.Namespace) -> int:
+    folder: Path = args.app_dir
+    policy_file = folder / POLICY_FILE
+    if not policy_file.exists():
+        print(f"gitops-canary render: {policy_file}: not found (an app folder holds "
+              f"{POLICY_FILE})", file=sys.stderr)
+        return 2
+    policy = parse_policy(policy_file.read_text(), str(policy_file), folder.resolve().name)
+    names = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+    manifests = parse_manifests({str(folder / n): (folder / n).read_text()
+                                 for n in select_files(names, policy)}, policy)
+    live: dict[tuple[str, str, str], KubeObject] = {}
+    if args.live:
+        try:
+            documents = list(yaml.safe_load_all(args.live.read_text()))
+        except yaml.YAMLError as error:
+            print(f"gitops-canary render: {args.live}: invalid YAML: {error}", file=sys.stderr)
+            return 2
+        for obj in documents:
+            if isinstance(obj, dict) and obj.get("kind"):
+                obj.setdefault("metadata", {}).setdefault("namespace", policy.namespace)
+                live[key_of(obj)] = obj
+    _emit(planned_objects(policy, manifests, live), args.output)
+    return 0
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    kube = Kube(connect(args.kubeconfig), state_namespace=args.state_namespace)
+    rows: list[dict[str, Any]] = []
+    for app, record in sorted(kube.records().items()):
+        status = record.last_status
+        rows.append({
+            "app": app,
+            "phase": str(record.phase),
+            "stable_revision": record.stable_revision,
+            "canary_revision": record.canary_revision,
+            "error": record.error,
+            "last_status": None if status is None else {
+                "sha": status.sha, "state": str(status.state),
+                "description": status.description},
+        })
+    if args.output in ("json", "yaml"):
+        _emit(rows, args.output)
+        return 0
+    print(f"{'APP':<20} {'PHASE':<18} {'STABLE':<8} {'CANARY':<8} LAST STATUS")
+    for row in rows:
+        last = row["last_status"]
+        print(f"{row['app']:<20} {row['phase']:<18} {(row['stable_revision'] or '-')[:7]:<8} "
+              f"{(row['canary_revision'] or '-')[:7]:<8} "
+              f"{last['state'] + ': ' + last['description'] if last else '-'}")
+    return 0
+
+
+# --- promote / reject ---------------------------------------------------------------------
+
+
+def _canary_of(args: argparse.Namespace) -> tuple[GitRepo, AppReader, Path, Sha]:
+    repo = GitRepo.open(args.repo)
+    if repo.repo.is_dirty(untracked_files=False):
+        raise CanaryError(f"{repo.repo.working_dir} has uncommitted changes; commit or stash "
+                          f"them first")
+    head = Sha(repo.repo.head.commit.hexsha)
+    reader = AppReader(repo)
+    folder = reader.find(head, args.app)
+    desired = reader.desired(head, folder)
+    return repo, reader, Path(str(repo.repo.working_dir)) / folder.path / POLICY_FILE, \
+        desired.revision
+
+
+def _promote(args: argparse.Namespace) -> int:
+    repo, _, policy_path, revision = _canary_of(args)
+    text = policy_path.read_text()
+    line = f'promote: "{revision}"'
+    if re.search(r"(?m)^promote:.*$", text):
+        text = re.sub(r"(?m)^promote:.*$", line, text)
+    else:
+        text = text.rstrip("\n") + ("\n" if text.strip() else "") + line + "\n"
+    policy_path.write_text(text)
+    repo.repo.index.add([str(policy_path)])
+    commit = repo.repo.index.commit(f"Promote {args.app} canary {revision[:7]}\n\n"
+                                    f"Approves the canary of {revision} (gitops-canary).")
+    print(f"committed {commit.hexsha[:7]}: promote {args.app} canary {revision[:7]}; "
+          f"push it (or open a pull request) to promote")
+    return 0
+
+
+def _reject(args: argparse.Namespace) -> int:
+    repo, _, _, revision = _canary_of(args)
+    try:
+        repo.repo.git.revert("--no-edit", revision)
+    except Exception as error:  # git's own message says what conflicted
+        repo.repo.git.revert("--abort")
+        raise CanaryError(f"git revert {revision[:7]} failed: {error}") from None
+    print(f"committed {repo.repo.head.commit.hexsha[:7]}: revert of {revision[:7]}; push it "
+          f"(or open a pull request) to reject the {args.app} canary")
     return 0
 
 

@@ -50,27 +50,21 @@ def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-class GitSource:
-    def __init__(self, url: str, branch: str, workdir: Path, token: str | None = None) -> None:
-        self.url = url if "://" in url or url.startswith("git@") else str(Path(url).resolve())
-        self.branch = branch
-        self.workdir = workdir
+class GitRepo:
+    """Read access to a repository's commits and trees (a mirror or a person's clone)."""
+
+    def __init__(self, repo: git.Repo, token: str | None = None) -> None:
+        self.repo = repo
         self._token = token
         self._env = {"GIT_TERMINAL_PROMPT": "0", **credentials_env(token)}
         self._apps_cache: dict[str, list[AppFolder]] = {}
-        if (workdir / "HEAD").exists():
-            self.repo = git.Repo(workdir)
-        else:
-            workdir.mkdir(parents=True, exist_ok=True)
-            self.repo = git.Repo.init(workdir, bare=True)
-        self._git("config", "remote.origin.url", self.url)
-        # Notes are commits too: they need an author.
-        self._git("config", "user.name", "gitops-canary")
-        self._git("config", "user.email", "gitops-canary@localhost")
 
-    @property
-    def tracking_ref(self) -> str:
-        return f"refs/remotes/origin/{self.branch}"
+    @classmethod
+    def open(cls, path: Path) -> GitRepo:
+        try:
+            return cls(git.Repo(path, search_parent_directories=True))
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise ApiError(f"{path} is not inside a git repository") from None
 
     def _git(self, *args: str) -> str:
         try:
@@ -80,19 +74,8 @@ class GitSource:
         except git.GitCommandError as error:
             message = _redact(str(error.stderr or error).strip(), self._token)
             if args and args[0] in ("fetch", "push", "ls-remote"):
-                raise TransientError(f"git {args[0]} {self.url}: {message}") from None
+                raise TransientError(f"git {args[0]}: {message}") from None
             raise ApiError(f"git {' '.join(args[:2])}: {message}") from None
-
-    def fetch(self) -> Sha:
-        """Fetch the branch (and the status notes); return the head commit."""
-        self._git("fetch", "--prune", "--no-tags", "origin",
-                  f"+refs/heads/{self.branch}:{self.tracking_ref}")
-        return Sha(self.repo.commit(self.tracking_ref).hexsha)
-
-    def fetch_notes(self) -> None:
-        remote = self._git("ls-remote", "origin", NOTES_REF)
-        if remote.strip():
-            self._git("fetch", "--no-tags", "origin", f"+{NOTES_REF}:{NOTES_REF}")
 
     def apps(self, head: Sha) -> list[AppFolder]:
         """Every folder of the commit that holds a canary.yaml, cached by the root tree."""
@@ -139,6 +122,50 @@ class GitSource:
 
     def author_email(self, sha: Sha) -> str:
         return str(self.repo.commit(sha).author.email)
+
+
+class GitSource(GitRepo):
+    """The controller's bare mirror of the tracked branch of a repository URL or path."""
+
+    def __init__(self, url: str, branch: str, workdir: Path, token: str | None = None) -> None:
+        self.url = url if "://" in url or url.startswith("git@") else str(Path(url).resolve())
+        self.branch = branch
+        if (workdir / "HEAD").exists():
+            repo = git.Repo(workdir)
+        else:
+            workdir.mkdir(parents=True, exist_ok=True)
+            repo = git.Repo.init(workdir, bare=True)
+        super().__init__(repo, token)
+        self._git("config", "remote.origin.url", self.url)
+        # Notes are commits too: they need an author.
+        self._git("config", "user.name", "gitops-canary")
+        self._git("config", "user.email", "gitops-canary@localhost")
+
+    @property
+    def tracking_ref(self) -> str:
+        return f"refs/remotes/origin/{self.branch}"
+
+    def _git(self, *args: str) -> str:
+        try:
+            with self.repo.git.custom_environment(**self._env):
+                out: str = self.repo.git.execute(["git", *args])
+                return out
+        except git.GitCommandError as error:
+            message = _redact(str(error.stderr or error).strip(), self._token)
+            if args and args[0] in ("fetch", "push", "ls-remote"):
+                raise TransientError(f"git {args[0]} {self.url}: {message}") from None
+            raise ApiError(f"git {' '.join(args[:2])}: {message}") from None
+
+    def fetch(self) -> Sha:
+        """Fetch the branch (and the status notes); return the head commit."""
+        self._git("fetch", "--prune", "--no-tags", "origin",
+                  f"+refs/heads/{self.branch}:{self.tracking_ref}")
+        return Sha(self.repo.commit(self.tracking_ref).hexsha)
+
+    def fetch_notes(self) -> None:
+        remote = self._git("ls-remote", "origin", NOTES_REF)
+        if remote.strip():
+            self._git("fetch", "--no-tags", "origin", f"+{NOTES_REF}:{NOTES_REF}")
 
     # Git notes: the default commit-status sink writes through these.
     def read_note(self, sha: Sha) -> str:

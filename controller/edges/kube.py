@@ -1,0 +1,280 @@
+"""The Kubernetes edge: server-side apply, delete, read, readiness, and the per-app records.
+
+Every write goes through server-side apply with the `gitops-canary` field manager and strict
+field validation. A set of objects is first applied as a dry run, all of it, so a bad object
+(an unknown field, a forbidden namespace, a kind the server does not know) leaves the cluster
+untouched. API failures become the project's error types: 5xx, 429 and connection errors are
+transient, the rest permanent with the server's own message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError
+from kubernetes.dynamic.resource import Resource
+
+from controller.domain.machine import Record, StatusNote
+from controller.domain.render import Key, key_of
+from controller.domain.types import (
+    FIELD_MANAGER,
+    LABEL_APP,
+    LABEL_VERSION,
+    WORKLOAD_KINDS,
+    AppName,
+    Fingerprint,
+    KubeObject,
+    Phase,
+    Sha,
+    StatusState,
+)
+from controller.errors import ApiError, ForbiddenError, TransientError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RECORD_PREFIX = "gitops-canary."
+MANAGED_BY = {"app.kubernetes.io/managed-by": "gitops-canary"}
+VARIANT_KINDS = (*sorted(WORKLOAD_KINDS), "ConfigMap", "Secret")
+API_VERSIONS = {"Deployment": "apps/v1", "ReplicaSet": "apps/v1", "StatefulSet": "apps/v1",
+                "DaemonSet": "apps/v1", "Pod": "v1", "ConfigMap": "v1", "Secret": "v1"}
+
+
+class NotFound(ApiError):
+    """The object does not exist (HTTP 404)."""
+
+
+def _message(error: Exception) -> str:
+    body = getattr(error, "body", None) or ""
+    try:
+        return str(json.loads(body).get("message") or body)
+    except (ValueError, AttributeError):
+        return str(body or error)
+
+
+def _translate(action: str, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except (DynamicApiError, ApiException) as error:
+        status = getattr(error, "status", None) or 0
+        text = f"{action}: {_message(error)}"
+        if status in (429,) or status >= 500 or status == 0:
+            raise TransientError(text) from None
+        if status == 403:
+            raise ForbiddenError(text) from None
+        if status == 404:
+            raise NotFound(text) from None
+        raise ApiError(text) from None
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise TransientError(f"{action}: Kubernetes API unreachable: {error}") from None
+
+
+def describe(obj: KubeObject) -> str:
+    kind, namespace, name = key_of(obj)
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient, namespaces: frozenset[str] | None = None,
+                 cluster_kinds: frozenset[str] = frozenset(), state_namespace: str = "default"):
+        self.api = api
+        self.namespaces = namespaces  # None: every namespace is allowed
+        self.cluster_kinds = cluster_kinds
+        self.state_namespace = state_namespace
+        self._dynamic: DynamicClient | None = None
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        if self._dynamic is None:
+            self._dynamic = _translate("API discovery", lambda: DynamicClient(self.api))
+        return self._dynamic
+
+    def resource(self, api_version: str, kind: str) -> Resource:
+        try:
+            found: Resource = _translate(f"discovering {kind}", lambda: self.dynamic.resources.get(
+                api_version=api_version, kind=kind))
+            return found
+        except ResourceNotFoundError:
+            raise ApiError(f"the cluster has no kind {kind} in {api_version}") from None
+
+    # --- policy: what the repository may touch ---------------------------------------------
+
+    def admit(self, objects: Iterable[KubeObject]) -> list[KubeObject]:
+        """Check namespaces and scopes; return the objects with namespaces fixed by scope."""
+        admitted = []
+        for obj in objects:
+            res = self.resource(obj["apiVersion"], obj["kind"])
+            meta = obj["metadata"]
+            if res.namespaced:
+                namespace = meta.get("namespace") or "default"
+                if self.namespaces is not None and namespace not in self.namespaces:
+                    allowed = ", ".join(sorted(self.namespaces)) or "none"
+                    raise ForbiddenError(f"{describe(obj)}: namespace {namespace} is not allowed "
+                                         f"(allowed: {allowed})")
+            else:
+                if obj["kind"] not in self.cluster_kinds:
+                    raise ForbiddenError(f"{describe(obj)}: cluster-scoped kind {obj['kind']} is "
+                                         f"not allowed (--allow-cluster-kind)")
+                meta.pop("namespace", None)
+            admitted.append(obj)
+        return admitted
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def _apply_one(self, obj: KubeObject, dry_run: bool) -> Any:
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        params: list[tuple[str, str]] = [("fieldValidation", "Strict")]
+        return _translate(
+            f"applying {describe(obj)}" + (" (dry run)" if dry_run else ""),
+            lambda: self.dynamic.server_side_apply(
+                res, body=obj, namespace=obj["metadata"].get("namespace"),
+                field_manager=FIELD_MANAGER, force_conflicts=True,
+                dry_run="All" if dry_run else None, query_params=params))
+
+    def apply(self, objects: Sequence[KubeObject]) -> None:
+        """Apply all or nothing: a dry run of every object first, then the real writes."""
+        objects = self.admit(objects)
+        for obj in objects:
+            self._apply_one(obj, dry_run=True)
+        for obj in objects:
+            self._apply_one(obj, dry_run=False)
+            log.info("applied %s", describe(obj))
+
+    def delete(self, key: Key) -> bool:
+        kind, namespace, name = key
+        res = self.resource(API_VERSIONS.get(kind, "v1"), kind)
+        try:
+            _translate(f"deleting {kind} {namespace}/{name}", lambda: self.dynamic.delete(
+                res, name=name, namespace=namespace or None,
+                body={"propagationPolicy": "Background"}))
+        except NotFound:
+            return False
+        log.info("deleted %s %s/%s", kind, namespace, name)
+        return True
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def get(self, key: Key, api_version: str | None = None) -> KubeObject | None:
+        kind, namespace, name = key
+        res = self.resource(api_version or API_VERSIONS.get(kind, "v1"), kind)
+        try:
+            found = _translate(f"reading {kind} {namespace}/{name}", lambda: self.dynamic.get(
+                res, name=name, namespace=namespace or None))
+        except NotFound:
+            return None
+        obj: KubeObject = found.to_dict()
+        return obj
+
+    def variants(self, namespace: str, app: str) -> list[KubeObject]:
+        """Everything the controller created as baseline or canary for the app."""
+        selector = f"{LABEL_APP}={app},{LABEL_VERSION}"
+        found: list[KubeObject] = []
+        for kind in VARIANT_KINDS:
+            res = self.resource(API_VERSIONS[kind], kind)
+            listed = _translate(f"listing {kind} variants of {app}", lambda res=res: (  # type: ignore[misc]
+                self.dynamic.get(res, namespace=namespace, label_selector=selector)))
+            for item in listed.to_dict().get("items") or []:
+                item.setdefault("kind", kind)
+                item.setdefault("apiVersion", API_VERSIONS[kind])
+                found.append(item)
+        return found
+
+    # --- the per-app records ----------------------------------------------------------------
+
+    def records(self) -> dict[AppName, Record]:
+        """Every app record in the state namespace, in one list call."""
+        res = self.resource("v1", "ConfigMap")
+        selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+        listed = _translate("reading app records", lambda: self.dynamic.get(
+            res, namespace=self.state_namespace, label_selector=selector)).to_dict()
+        records = {}
+        for cm in listed.get("items") or []:
+            data = cm.get("data") or {}
+            if cm["metadata"]["name"].startswith(RECORD_PREFIX) and "record" in data:
+                record = record_from_json(data["record"])
+                records[record.app] = record
+        return records
+
+    def save_record(self, record: Record) -> None:
+        body = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"{RECORD_PREFIX}{record.app}",
+                         "namespace": self.state_namespace, "labels": dict(MANAGED_BY)},
+            "data": {"record": record_to_json(record)},
+        }
+        self._apply_one(body, dry_run=False)
+
+
+def record_to_json(record: Record) -> str:
+    data = {k: v for k, v in record.__dict__.items() if k != "last_status"}
+    if record.last_status is not None:
+        data["last_status"] = {"sha": record.last_status.sha,
+                               "state": str(record.last_status.state),
+                               "description": record.last_status.description}
+    return json.dumps(data, sort_keys=True)
+
+
+def record_from_json(text: str) -> Record:
+    data = json.loads(text)
+    status = data.pop("last_status", None)
+    return Record(
+        app=AppName(data["app"]),
+        phase=Phase(data.get("phase", Phase.STABLE)),
+        canary_revision=Sha(data["canary_revision"]) if data.get("canary_revision") else None,
+        canary_fingerprint=Fingerprint(data["canary_fingerprint"])
+        if data.get("canary_fingerprint") else None,
+        canary_started=data.get("canary_started"),
+        first_deployment=bool(data.get("first_deployment")),
+        promoting=data.get("promoting"),
+        stable_revision=Sha(data["stable_revision"]) if data.get("stable_revision") else None,
+        observed_tree=data.get("observed_tree"),
+        error=data.get("error"),
+        last_status=StatusNote(Sha(status["sha"]), StatusState(status["state"]),
+                               status["description"]) if status else None,
+    )
+
+
+def rollout_ready(obj: KubeObject | None) -> bool:
+    """Has the workload rolled out its current spec, with every replica ready?"""
+    if obj is None:
+        return False
+    kind, spec, status = obj["kind"], obj.get("spec") or {}, obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation", 0)
+    if kind == "Pod":
+        return any(c.get("type") == "Ready" and c.get("status") == "True"
+                   for c in status.get("conditions") or [])
+    if status.get("observedGeneration", 0) < generation:
+        return False
+    if kind == "DaemonSet":
+        wanted = status.get("desiredNumberScheduled", 0)
+        return bool(status.get("updatedNumberScheduled", 0) == wanted
+                    and status.get("numberReady", 0) == wanted)
+    replicas = spec.get("replicas", 1)
+    ready = status.get("readyReplicas", 0) == replicas
+    if kind == "Deployment":
+        return bool(ready and status.get("updatedReplicas", 0) == replicas
+                    and status.get("availableReplicas", 0) == replicas
+                    and status.get("replicas", 0) == replicas)
+    if kind == "StatefulSet":
+        return bool(ready and status.get("currentRevision") == status.get("updateRevision"))
+    return bool(ready)
+
+
+def connect(kubeconfig: str | None) -> client.ApiClient:
+    """An API client from a kubeconfig file, $KUBECONFIG, or the in-cluster service account."""
+    try:
+        if kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            api: client.ApiClient = config.new_client_from_config(config_file=kubeconfig)
+            return api
+        config.load_incluster_config()
+        return client.ApiClient()
+    except (config.ConfigException, OSError) as error:
+        raise ApiError(f"cannot load Kubernetes credentials: {error}") from None

@@ -1,0 +1,220 @@
+"""One reconcile of every app: observe → decide → act → record, as a straight line.
+
+Observe reads git (the app folder at the branch head) and the cluster (live stable, variants);
+decide is the pure state machine; act applies or deletes through the Kubernetes edge; record
+posts commit statuses and saves the app's record in the cluster. A failed stage records its own
+reason: input errors and refused writes become an error status, transient failures are logged
+and retried on the next reconcile with nothing half-done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from controller.apps import AppReader, Desired
+from controller.domain.machine import Action, Decision, Observation, Record, StatusNote, advance
+from controller.domain.policy import POLICY_FILE, Policy
+from controller.domain.render import (
+    Key,
+    Rendered,
+    key_of,
+    live_fingerprint,
+    render,
+    variant_replicas,
+)
+from controller.domain.types import (
+    ANNOTATION_FINGERPRINT,
+    ANNOTATION_PREVIOUS_FINGERPRINT,
+    LABEL_VERSION,
+    WORKLOAD_KINDS,
+    AppName,
+    KubeObject,
+    Phase,
+    Sha,
+    StatusState,
+    Variant,
+)
+from controller.edges.git import AppFolder, GitSource
+from controller.edges.kube import Kube, rollout_ready
+from controller.edges.statuses import StatusSink
+from controller.errors import CanaryError, InputError, TransientError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    app: str
+    record: Record
+    actions: tuple[Action, ...] = ()
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    head: Sha | None
+    outcomes: tuple[Outcome, ...] = ()
+    error: str | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return any(Decision(o.record).waiting for o in self.outcomes)
+
+
+class Reconciler:
+    def __init__(self, source: GitSource, kube: Kube, sink: StatusSink,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
+        self.reader = AppReader(source)
+
+    # --- the loop body ----------------------------------------------------------------------
+
+    def reconcile(self) -> Result:
+        try:
+            head = self.source.fetch()
+            records = self.kube.records()
+        except CanaryError as error:
+            log.error("reconcile skipped: %s", error)
+            return Result(None, error=str(error))
+        outcomes = []
+        seen: dict[str, str] = {}
+        for folder in self.source.apps(head):
+            outcomes.append(self._reconcile_app(head, folder, records, seen))
+        return Result(head, tuple(outcomes))
+
+    def _reconcile_app(self, head: Sha, folder: AppFolder, records: dict[AppName, Record],
+                       seen: dict[str, str]) -> Outcome:
+        started = time.monotonic()
+        try:
+            desired: Desired | InputError = self._desired(head, folder)
+        except InputError as error:
+            desired = error
+        app = AppName(desired.policy.app if isinstance(desired, Desired) else folder.name)
+        if app in seen:
+            desired = InputError(f"{folder.path}/{POLICY_FILE}", "app",
+                                 f"app {app} is already defined in {seen[app]}")
+        seen[app] = folder.path
+        record = records.get(app) or Record(app=app)
+
+        if record.observed_tree == folder.tree and record.error is None and \
+                record.phase is Phase.STABLE:
+            return Outcome(app, record, skipped=True)  # unchanged in git, nothing in flight
+
+        try:
+            observation, rendered = self._observe(head, folder, desired)
+            decision = advance(record, observation, self.clock())
+            outcome = self._act(app, record, decision, rendered, desired)
+        except TransientError as error:
+            log.warning("app %s: %s (retrying on the next reconcile)", app, error)
+            return Outcome(app, record)
+        log.info("app %s: phase %s, actions %s (%.0f ms)", app, outcome.record.phase,
+                 ",".join(outcome.actions) or "none", (time.monotonic() - started) * 1000)
+        return outcome
+
+    # --- observe ----------------------------------------------------------------------------
+
+    def _desired(self, head: Sha, folder: AppFolder) -> Desired:
+        desired = self.reader.desired(head, folder)
+        _refuse_unsupported(f"{folder.path}/{POLICY_FILE}", desired.policy)
+        return desired
+
+    def _observe(self, head: Sha, folder: AppFolder,
+                 desired: Desired | InputError) -> tuple[Observation, Rendered | None]:
+        if isinstance(desired, InputError):
+            return Observation(tree=folder.tree, problem=str(desired),
+                               problem_sha=self.source.last_change(head, folder.path)), None
+        try:
+            self.kube.admit(m.obj for m in desired.manifests)
+        except CanaryError as error:
+            if error.transient:
+                raise
+            return Observation(tree=folder.tree, problem=str(error),
+                               problem_sha=desired.revision), None
+        live: dict[Key, KubeObject] = {}
+        for m in desired.manifests:
+            if m.kind in WORKLOAD_KINDS or m.kind in ("ConfigMap", "Secret"):
+                found = self.kube.get(m.key, m.obj["apiVersion"])
+                if found is not None:
+                    found.setdefault("kind", m.kind)
+                    live[m.key] = found
+        policy, manifests = desired.policy, desired.manifests
+        rendered = render(policy, manifests, live, desired.revision)
+        workloads = [m for m in manifests if m.kind in WORKLOAD_KINDS]
+        stable = [live.get(m.key) for m in workloads]
+        variants = self.kube.variants(policy.namespace, policy.app)
+        canaries = [v for v in variants if v["kind"] in WORKLOAD_KINDS
+                    and v["metadata"].get("labels", {}).get(LABEL_VERSION) == Variant.CANARY]
+        annotations = (stable[0] or {}).get("metadata", {}).get("annotations") or {} \
+            if stable else {}
+        replicas = [m.obj.get("spec", {}).get("replicas") for m in workloads]
+        observation = Observation(
+            tree=folder.tree,
+            fingerprint=desired.fingerprint,
+            revision=desired.revision,
+            approval=policy.promote,
+            bootstrap_direct=policy.bootstrap == "direct",
+            stable_exists=any(s is not None for s in stable),
+            stable_fingerprint=live_fingerprint(live, manifests),
+            stable_previous_fingerprint=annotations.get(ANNOTATION_PREVIOUS_FINGERPRINT),
+            stable_ready=bool(stable) and all(rollout_ready(s) for s in stable),
+            stable_replicas=sum(1 if r is None else int(r) for r in replicas),
+            variants_present=bool(variants),
+            variants_fingerprint=(canaries[0]["metadata"].get("annotations") or {}).get(
+                ANNOTATION_FINGERPRINT) if canaries else None,
+            variants_ready=bool(canaries) and all(rollout_ready(v) for v in variants
+                                                  if v["kind"] in WORKLOAD_KINDS),
+            variant_replicas=variant_replicas(replicas[0] if replicas else None,
+                                              policy.percentage),
+        )
+        return observation, rendered
+
+    # --- act and record ---------------------------------------------------------------------
+
+    def _act(self, app: AppName, record: Record, decision: Decision, rendered: Rendered | None,
+             desired: Desired | InputError) -> Outcome:
+        statuses = list(decision.statuses)
+        new_record = decision.record
+        try:
+            if rendered is not None and isinstance(desired, Desired):
+                for action in decision.actions:
+                    self._perform(action, rendered, desired.policy)
+        except CanaryError as error:
+            if error.transient:
+                raise
+            log.error("app %s: %s", app, error)
+            sha = desired.revision if isinstance(desired, Desired) else None
+            new_record = dataclasses.replace(record, error=str(error))
+            statuses = [StatusNote(sha, StatusState.ERROR, str(error))] if sha else []
+            if statuses:
+                new_record = dataclasses.replace(new_record, last_status=statuses[-1])
+        for note in statuses:
+            self.sink.post(app, note.sha, note.state, note.description)
+        if new_record != record:
+            self.kube.save_record(new_record)
+        return Outcome(app, new_record, decision.actions)
+
+    def _perform(self, action: Action, rendered: Rendered, policy: Policy) -> None:
+        if action is Action.APPLY_STABLE:
+            self.kube.apply([*rendered.passthrough, *rendered.deferred, *rendered.stable])
+        elif action is Action.APPLY_VARIANTS:
+            self.kube.apply([*rendered.passthrough, *rendered.baseline, *rendered.canary])
+            wanted = set(rendered.variant_keys)
+            for obj in self.kube.variants(policy.namespace, policy.app):
+                if key_of(obj) not in wanted:  # left over from a replaced canary
+                    self.kube.delete(key_of(obj))
+        elif action is Action.DELETE_VARIANTS:
+            for obj in self.kube.variants(policy.namespace, policy.app):
+                self.kube.delete(key_of(obj))
+
+
+def _refuse_unsupported(file: str, policy: Policy) -> None:
+    """Fields of the schema whose enforcement is not built yet: refuse rather than pretend."""
+    if policy.approvers or policy.require_signed_approval:
+        raise InputError(file, "approvers" if policy.approvers else "requireSignedApproval",
+                         "authenticated approval is not enforced by this version; remove it")
+    if policy.judgment == "auto":
+        raise InputError(file, "judgment", "judgment: auto is not supported by this version")

@@ -1,0 +1,80 @@
+"""The controller loop: reconcile, then sleep until the poll interval passes or something wakes
+it early — a file-system event in a local source repository (watchdog), or an app in a
+transition (a rollout to wait for) that deserves a quick look again."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from controller.reconcile import Reconciler, Result
+
+log = logging.getLogger(__name__)
+
+TRANSITION_INTERVAL = 1.0
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if not str(event.src_path).endswith(".lock"):
+            self.event.set()
+
+
+def local_git_dir(url: str) -> Path | None:
+    """The git folder of a source given as a path or file:// URL; None for remote URLs."""
+    path = Path(url[len("file://"):]) if url.startswith("file://") else Path(url)
+    if "://" in url and not url.startswith("file://"):
+        return None
+    if (path / "HEAD").exists() and (path / "refs").is_dir():
+        return path  # bare
+    if (path / ".git" / "HEAD").exists():
+        return path / ".git"
+    return None
+
+
+def watch(url: str, wake: threading.Event) -> BaseObserver | None:
+    """Wake the loop when a local source repository's refs move (a commit or a push)."""
+    git_dir = local_git_dir(url)
+    if git_dir is None:
+        return None
+    observer = Observer()
+    handler = _Wake(wake)
+    observer.schedule(handler, str(git_dir / "refs"), recursive=True)
+    observer.schedule(handler, str(git_dir), recursive=False)  # packed-refs
+    observer.daemon = True
+    observer.start()
+    log.info("watching %s for new commits", git_dir)
+    return observer
+
+
+def loop(reconciler: Reconciler, interval: float, stop: threading.Event,
+         wake: threading.Event | None = None) -> None:
+    wake = wake or threading.Event()
+    observer = watch(reconciler.source.url, wake)
+    try:
+        while not stop.is_set():
+            wake.clear()
+            result: Result = reconciler.reconcile()
+            delay = TRANSITION_INTERVAL if result.waiting else interval
+            # Either a wake-up (new commit) or the timeout; a stop request ends the wait too.
+            _wait_any((wake, stop), delay)
+    finally:
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
+
+def _wait_any(events: tuple[threading.Event, ...], timeout: float) -> None:
+    step = 0.05
+    waited = 0.0
+    while waited < timeout and not any(e.is_set() for e in events):
+        events[0].wait(step)
+        waited += step
