@@ -176,6 +176,11 @@ class Reconciler:
 
     def _act(self, app: AppName, record: Record, decision: Decision, rendered: Rendered | None,
              desired: Desired | InputError) -> Outcome:
+        # Write-ahead: the intent (say, Promoting) is in the cluster before the first write,
+        # so a controller killed mid-way resumes the promotion instead of guessing.
+        intent = dataclasses.replace(decision.record, last_status=record.last_status)
+        if intent != record:
+            self.kube.save_record(intent)
         statuses = list(decision.statuses)
         new_record = decision.record
         try:
@@ -187,13 +192,15 @@ class Reconciler:
                 raise
             log.error("app %s: %s", app, error)
             sha = desired.revision if isinstance(desired, Desired) else None
-            new_record = dataclasses.replace(record, error=str(error))
             statuses = [StatusNote(sha, StatusState.ERROR, str(error))] if sha else []
-            if statuses:
-                new_record = dataclasses.replace(new_record, last_status=statuses[-1])
+            # Back to what was true before this decision, plus the reason it failed.
+            new_record = dataclasses.replace(record, error=str(error),
+                                             last_status=statuses[-1] if statuses else None)
+            intent = dataclasses.replace(new_record, last_status=record.last_status)
+            self.kube.save_record(intent)
         for note in statuses:
             self.sink.post(app, note.sha, note.state, note.description)
-        if new_record != record:
+        if new_record.last_status != intent.last_status:  # recorded once it is really posted
             self.kube.save_record(new_record)
         return Outcome(app, new_record, decision.actions)
 

@@ -101,8 +101,9 @@ class GitRepo:
     def read_folder(self, tree_sha: str) -> dict[str, str]:
         """{relative path: text} of every file under a folder's tree."""
         files = {}
-        # A tree looked up by sha has no path of its own: item paths are relative to it.
-        for item in self.repo.tree(tree_sha).traverse():
+        # Rooted at "", so item paths are relative to the folder.
+        tree = git.Tree(self.repo, bytes.fromhex(tree_sha), git.Tree.tree_id << 12, "")
+        for item in tree.traverse():
             if isinstance(item, git.Blob):
                 files[str(item.path)] = item.data_stream.read().decode("utf-8", errors="replace")
         return files

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -52,12 +53,18 @@ class NotFound(ApiError):
     """The object does not exist (HTTP 404)."""
 
 
+TYPED_PATCH = re.compile(r"^failed to create typed patch object \([^)]*\): ")
+
+
 def _message(error: Exception) -> str:
+    """The server's own message, without the preamble that would push the field path out of a
+    140-character status description."""
     body = getattr(error, "body", None) or ""
     try:
-        return str(json.loads(body).get("message") or body)
+        message = str(json.loads(body).get("message") or body)
     except (ValueError, AttributeError):
-        return str(body or error)
+        message = str(body or error)
+    return TYPED_PATCH.sub("", message)
 
 
 def _translate(action: str, call: Callable[[], T]) -> T:
@@ -65,8 +72,12 @@ def _translate(action: str, call: Callable[[], T]) -> T:
         return call()
     except (DynamicApiError, ApiException) as error:
         status = getattr(error, "status", None) or 0
+        raw = getattr(error, "body", None) or ""
         text = f"{action}: {_message(error)}"
-        if status in (429,) or status >= 500 or status == 0:
+        # Server-side apply answers 500, not 422, when a manifest has a field the schema lacks.
+        if status == 500 and "failed to create typed patch object" in str(raw):
+            raise ApiError(text) from None
+        if status == 429 or status >= 500 or status == 0:
             raise TransientError(text) from None
         if status == 403:
             raise ForbiddenError(text) from None
@@ -80,6 +91,10 @@ def _translate(action: str, call: Callable[[], T]) -> T:
 def describe(obj: KubeObject) -> str:
     kind, namespace, name = key_of(obj)
     return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _short(obj: KubeObject) -> str:
+    return f"{obj['kind']} {obj['metadata']['name']}"
 
 
 class Kube:
@@ -133,7 +148,7 @@ class Kube:
         res = self.resource(obj["apiVersion"], obj["kind"])
         params: list[tuple[str, str]] = [("fieldValidation", "Strict")]
         return _translate(
-            f"applying {describe(obj)}" + (" (dry run)" if dry_run else ""),
+            _short(obj),
             lambda: self.dynamic.server_side_apply(
                 res, body=obj, namespace=obj["metadata"].get("namespace"),
                 field_manager=FIELD_MANAGER, force_conflicts=True,
