@@ -1,0 +1,138 @@
+"""The per-app state machine as tables: record + observation in, record + actions out."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from controller.domain.machine import Action, Observation, Record, StatusNote, advance
+from controller.domain.types import AppName, Fingerprint, Phase, Sha, StatusState
+
+APP = AppName("sampleapp")
+OLD, NEW, NEWER = Fingerprint("f-old"), Fingerprint("f-new"), Fingerprint("f-newer")
+R1, R2, R3 = Sha("1" * 40), Sha("2" * 40), Sha("3" * 40)
+NOW = 1000.0
+
+
+def obs(**fields: object) -> Observation:
+    base = Observation(tree="t2", fingerprint=NEW, revision=R2, stable_exists=True,
+                       stable_fingerprint=OLD, stable_ready=True, stable_replicas=4,
+                       variant_replicas=1)
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+def states(decision: object) -> list[tuple[str, str, str]]:
+    return [(n.sha[:1], str(n.state), n.description.split(":")[0])
+            for n in decision.statuses]  # type: ignore[attr-defined]
+
+
+CANARY = Record(APP, Phase.PROGRESSING, canary_revision=R2, canary_fingerprint=NEW,
+                canary_started=NOW, observed_tree="t2")
+AWAITING = dataclasses.replace(CANARY, phase=Phase.AWAITING,
+                               last_status=StatusNote(R2, StatusState.SUCCESS, "awaiting"))
+
+
+@pytest.mark.parametrize(("name", "record", "observation", "phase", "actions", "statuses"), [
+    ("a new spec deploys baseline and canary",
+     Record(APP, observed_tree="t1"), obs(),
+     Phase.PROGRESSING, [Action.APPLY_VARIANTS], [("2", "pending", "canary deployed")]),
+    ("first deployment: canary only",
+     Record(APP), obs(stable_exists=False, stable_fingerprint=None),
+     Phase.PROGRESSING, [Action.APPLY_VARIANTS], [("2", "pending", "canary deployed")]),
+    ("bootstrap direct goes to stable",
+     Record(APP), obs(stable_exists=False, stable_fingerprint=None, bootstrap_direct=True),
+     Phase.PROMOTING, [Action.APPLY_STABLE], [("2", "pending", "deploying straight to stable "
+                                                             "(bootstrap")]),
+    ("variants not ready yet: wait",
+     CANARY, obs(variants_present=True, variants_fingerprint=NEW),
+     Phase.PROGRESSING, [], []),
+    ("variants ready: awaiting promotion",
+     CANARY, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True),
+     Phase.AWAITING, [], [("2", "success", "awaiting promotion")]),
+    ("awaiting and nothing new: quiet",
+     AWAITING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True),
+     Phase.AWAITING, [], []),
+    ("the approval of this canary promotes",
+     AWAITING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
+                   approval="2222222"),
+     Phase.PROMOTING, [Action.APPLY_STABLE], [("2", "pending", "promoting")]),
+    ("an approval of another revision is ignored",
+     AWAITING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
+                   approval="1111111"),
+     Phase.AWAITING, [], []),
+    ("a second change replaces the canary",
+     AWAITING, obs(fingerprint=NEWER, revision=R3, tree="t3", variants_present=True,
+                   variants_fingerprint=NEW),
+     Phase.PROGRESSING, [Action.APPLY_VARIANTS],
+     [("2", "error", "superseded by 3333333 before a verdict"), ("3", "pending",
+                                                                  "canary deployed")]),
+    ("a revert to stable's spec rejects: variants deleted, stable untouched",
+     AWAITING, obs(fingerprint=OLD, revision=R1, tree="t1", variants_present=True,
+                   variants_fingerprint=NEW),
+     Phase.STABLE, [Action.DELETE_VARIANTS], [("2", "failure", "rejected")]),
+    ("promotion applied but stable not ready: wait",
+     dataclasses.replace(AWAITING, phase=Phase.PROMOTING, promoting="promote"),
+     obs(stable_fingerprint=NEW, stable_ready=False, variants_present=True),
+     Phase.PROMOTING, [], []),
+    ("promotion rolled out: delete variants, promoted",
+     dataclasses.replace(AWAITING, phase=Phase.PROMOTING, promoting="promote"),
+     obs(stable_fingerprint=NEW, variants_present=True),
+     Phase.STABLE, [Action.DELETE_VARIANTS], [("2", "success", "promoted")]),
+    ("restarted before the promotion's apply: apply again",
+     dataclasses.replace(AWAITING, phase=Phase.PROMOTING, promoting="promote"),
+     obs(variants_present=True, approval="2222222"),
+     Phase.PROMOTING, [Action.APPLY_STABLE], []),
+    ("git back at what stable ran before: a direct rollback",
+     Record(APP, observed_tree="t2"),
+     obs(fingerprint=OLD, revision=R3, stable_fingerprint=NEW, stable_previous_fingerprint=OLD),
+     Phase.PROMOTING, [Action.APPLY_STABLE], [("3", "pending", "rolling back")]),
+    ("unchanged tree at stable: nothing to do",
+     Record(APP, observed_tree="t2"), obs(fingerprint=OLD, stable_fingerprint=OLD),
+     Phase.STABLE, [], []),
+    ("replicas changed only: applied to stable directly",
+     Record(APP, observed_tree="t1"), obs(fingerprint=OLD, stable_fingerprint=OLD),
+     Phase.STABLE, [Action.APPLY_STABLE], []),
+    ("invalid input: an error status, nothing applied",
+     AWAITING, obs(problem="apps/x/canary.yaml: percentage: must be in (0, 100]",
+                   problem_sha=R3),
+     Phase.AWAITING, [], [("3", "error", "apps/x/canary.yaml")]),
+])
+def test_advance(name: str, record: Record, observation: Observation, phase: Phase,
+                 actions: list[Action], statuses: list[tuple[str, str, str]]) -> None:
+    decision = advance(record, observation, NOW)
+    assert decision.record.phase == phase, name
+    assert list(decision.actions) == actions, name
+    assert states(decision) == statuses, name
+    assert decision.record.observed_tree == observation.tree
+    if statuses:
+        assert decision.record.last_status == decision.statuses[-1]
+
+
+def test_an_error_is_cleared_by_the_next_valid_commit() -> None:
+    failed = advance(AWAITING, obs(problem="bad", problem_sha=R3), NOW).record
+    assert failed.error == "bad"
+    fixed = advance(failed, obs(variants_present=True, variants_fingerprint=NEW,
+                                variants_ready=True), NOW).record
+    assert fixed.error is None
+
+
+def test_a_rewritten_sha_for_the_same_spec_moves_the_status_without_redeploying() -> None:
+    decision = advance(AWAITING, obs(revision=R3, variants_present=True,
+                                     variants_fingerprint=NEW, variants_ready=True), NOW)
+    assert decision.actions == ()
+    assert states(decision) == [("3", "success", "awaiting promotion")]
+    assert decision.record.canary_revision == R3
+
+
+def test_canary_start_time_is_kept_while_the_same_canary_runs() -> None:
+    started = advance(Record(APP), obs(), NOW).record
+    assert started.canary_started == NOW
+    again = advance(started, obs(variants_present=True, variants_fingerprint=NEW), NOW + 30)
+    assert again.record.canary_started == NOW
+
+
+def test_waiting_phases_ask_for_a_quick_requeue() -> None:
+    assert advance(Record(APP), obs(), NOW).waiting
+    assert not advance(AWAITING, obs(variants_present=True, variants_fingerprint=NEW,
+                                     variants_ready=True), NOW).waiting
