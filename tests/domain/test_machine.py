@@ -19,12 +19,12 @@ def obs(**fields: object) -> Observation:
     base = Observation(tree="t2", fingerprint=NEW, revision=R2, stable_exists=True,
                        stable_fingerprint=OLD, stable_ready=True, stable_replicas=4,
                        variant_replicas=1)
-    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **fields)
 
 
 def states(decision: object) -> list[tuple[str, str, str]]:
     return [(n.sha[:1], str(n.state), n.description.split(":")[0])
-            for n in decision.statuses]  # type: ignore[attr-defined]
+            for n in decision.statuses]
 
 
 CANARY = Record(APP, Phase.PROGRESSING, canary_revision=R2, canary_fingerprint=NEW,
