@@ -3,6 +3,8 @@
 run      the controller: git → cluster, statuses as git notes
 render   print what would be applied for an app folder (no cluster writes)
 status   per app: phase, stable and canary revisions, last status
+analyze  run one baseline-vs-canary analysis of an app now and print it
+judge    judge saved metric data offline (JSON), so anyone can reproduce a verdict
 promote  prepare the approval commit (`promote: <sha>` in canary.yaml) in a local clone
 reject   prepare the revert commit of the canary in a local clone
 """
@@ -18,6 +20,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,15 +28,19 @@ from typing import Any
 import yaml
 
 from controller import __version__
+from controller.analysis import analyze
 from controller.apps import AppReader
+from controller.domain.judge import judge, parse_input, summary, to_json
 from controller.domain.manifests import parse_manifests, select_files
-from controller.domain.policy import POLICY_FILE, parse_policy
+from controller.domain.policy import POLICY_FILE, parse_policy, refuse_unsupported
 from controller.domain.render import key_of, planned_objects
-from controller.domain.types import KubeObject, Sha
+from controller.domain.types import WORKLOAD_KINDS, KubeObject, Sha
 from controller.edges.git import GitRepo, GitSource
 from controller.edges.kube import Kube, connect
+from controller.edges.prometheus import Auth, Prometheus
 from controller.edges.statuses import GitNotesSink
 from controller.errors import CanaryError
+from controller.metrics import Metrics, serve
 from controller.reconcile import Reconciler
 from controller.run import loop
 
@@ -73,7 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--output", "-o", choices=("text", "json", "yaml"), default="text")
 
-    run = sub.add_parser("run", parents=[kube], help="run the controller")
+    prometheus = argparse.ArgumentParser(add_help=False)
+    prometheus.add_argument("--prometheus-url", default=os.environ.get("GITOPS_CANARY_PROMETHEUS"),
+                            help="Prometheus base URL (run: without it, no analysis)")
+    prometheus.add_argument("--prometheus-token-file", default=None,
+                            help="file holding a bearer token for Prometheus")
+    prometheus.add_argument("--prometheus-basic-auth-file", default=None,
+                            help="file holding USER:PASSWORD for Prometheus")
+
+    run = sub.add_parser("run", parents=[kube, prometheus], help="run the controller")
     run.add_argument("--repo", default=os.environ.get("GITOPS_CANARY_REPO"), required=
                      "GITOPS_CANARY_REPO" not in os.environ,
                      help="deploy repository: path, file://, https:// or ssh:// URL")
@@ -91,12 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="file holding an HTTPS token for the repository "
                           "(or $GITOPS_CANARY_GIT_TOKEN)")
     run.add_argument("--once", action="store_true", help="reconcile once and exit")
+    run.add_argument("--metrics-address",
+                     default=os.environ.get("GITOPS_CANARY_METRICS_ADDRESS", "127.0.0.1:8088"),
+                     help="HOST:PORT of /metrics, /healthz and /readyz (empty: off)")
 
-    render = sub.add_parser("render", parents=[output], help="print the objects to apply")
+    analyze = sub.add_parser("analyze", parents=[prometheus, output],
+                             help="one analysis of APP's canary, now")
+    analyze.add_argument("app", metavar="APP")
+    analyze.add_argument("--repo", type=Path, default=Path.cwd(),
+                         help="a local clone of the deploy repository (default: here)")
+
+    judge = sub.add_parser("judge", help="judge saved metric data (JSON) offline")
+    judge.add_argument("--input", required=True, metavar="FILE", help="JSON file, - for stdin")
+
+    render = sub.add_parser("render", help="print the objects to apply")
+    render.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml")
     render.add_argument("app_dir", type=Path, metavar="APP_DIR")
     render.add_argument("--live", type=Path, metavar="FILE",
                         help="YAML stream of the live stable objects (absent: first deployment)")
-    render.set_defaults(output="yaml")
 
     sub.add_parser("status", parents=[kube, output], help="show every app's phase and status")
 
@@ -115,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         handler = {"run": _run, "render": _render, "status": _status, "promote": _promote,
-                   "reject": _reject}[args.command]
+                   "reject": _reject, "analyze": _analyze, "judge": _judge}[args.command]
         return handler(args)
     except CanaryError as error:
         print(f"gitops-canary {args.command}: {error}", file=sys.stderr)
@@ -143,16 +170,75 @@ def _run(args: argparse.Namespace) -> int:
         if args.namespaces else None
     kube = Kube(connect(args.kubeconfig), namespaces, frozenset(args.allow_cluster_kind),
                 args.state_namespace)
-    reconciler = Reconciler(source, kube, GitNotesSink(source))
+    reconciler = Reconciler(source, kube, GitNotesSink(source), _prometheus(args))
+    if reconciler.prometheus is None:
+        log.warning("no --prometheus-url: canaries wait for a person's judgment, unanalysed")
     if args.once:
         result = reconciler.reconcile()
         return 1 if result.error else 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    metrics = Metrics()
+    server = serve(metrics, args.metrics_address, args.interval) if args.metrics_address else None
     log.info("watching %s (branch %s) every %.0fs", source.url, args.branch, args.interval)
-    loop(reconciler, args.interval, stop)
+    try:
+        loop(reconciler, args.interval, stop, metrics=metrics)
+    finally:
+        if server is not None:
+            server.shutdown()
     log.info("stopped")
+    return 0
+
+
+def _prometheus(args: argparse.Namespace) -> Prometheus | None:
+    if not args.prometheus_url:
+        return None
+    auth = Auth(bearer=_secret(args.prometheus_token_file, "GITOPS_CANARY_PROMETHEUS_TOKEN"))
+    basic = _secret(args.prometheus_basic_auth_file, "GITOPS_CANARY_PROMETHEUS_BASIC_AUTH")
+    if basic:
+        user, _, password = basic.partition(":")
+        auth = Auth(basic=(user, password))
+    return Prometheus(args.prometheus_url, auth=auth)
+
+
+# --- analyze / judge ----------------------------------------------------------------------
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    prom = _prometheus(args)
+    if prom is None:
+        raise CanaryError("analyze needs --prometheus-url (or $GITOPS_CANARY_PROMETHEUS)")
+    repo = GitRepo.open(args.repo)
+    head = Sha(repo.repo.head.commit.hexsha)
+    reader = AppReader(repo)
+    desired = reader.desired(head, reader.find(head, args.app))
+    workloads = [m.name for m in desired.manifests if m.kind in WORKLOAD_KINDS]
+    judgement = analyze(prom, desired.policy, workloads, time.time())
+    if args.output == "text":
+        print(summary(judgement))
+        for m in judgement.metrics:
+            print(f"  {m.name}: {m.result} baseline={m.baseline} canary={m.canary} "
+                  f"p={m.p_value} effect={m.effect}")
+    else:
+        _emit(to_json(judgement), args.output)
+    return 0
+
+
+def _judge(args: argparse.Namespace) -> int:
+    source = "stdin" if args.input == "-" else args.input
+    try:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        data = json.loads(text)
+    except (OSError, ValueError) as error:
+        print(f"gitops-canary judge: {source}: {error}", file=sys.stderr)
+        return 2
+    try:
+        metrics, pass_score, marginal_score = parse_input(data, source)
+    except CanaryError as error:
+        print(f"gitops-canary judge: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(to_json(judge(metrics, pass_score, marginal_score)), indent=2))
     return 0
 
 
@@ -167,6 +253,7 @@ def _render(args: argparse.Namespace) -> int:
               f"{POLICY_FILE})", file=sys.stderr)
         return 2
     policy = parse_policy(policy_file.read_text(), str(policy_file), folder.resolve().name)
+    refuse_unsupported(str(policy_file), policy)
     names = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
     manifests = parse_manifests({str(folder / n): (folder / n).read_text()
                                  for n in select_files(names, policy)}, policy)

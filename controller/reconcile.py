@@ -15,12 +15,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from controller.analysis import analyze
 from controller.apps import AppReader, Desired
-from controller.domain.machine import Action, Decision, Observation, Record, StatusNote, advance
-from controller.domain.policy import POLICY_FILE, Policy
+from controller.domain.machine import (
+    Action,
+    Decision,
+    Observation,
+    Record,
+    StatusNote,
+    advance,
+    analysis_due,
+    analysis_due_at,
+)
+from controller.domain.policy import POLICY_FILE, Policy, refuse_unsupported
 from controller.domain.render import (
     Key,
     Rendered,
+    forget_previous,
     key_of,
     live_fingerprint,
     render,
@@ -40,6 +51,7 @@ from controller.domain.types import (
 )
 from controller.edges.git import AppFolder, GitSource
 from controller.edges.kube import Kube, rollout_ready
+from controller.edges.prometheus import Prometheus
 from controller.edges.statuses import StatusSink
 from controller.errors import CanaryError, InputError, TransientError
 
@@ -52,6 +64,7 @@ class Outcome:
     record: Record
     actions: tuple[Action, ...] = ()
     skipped: bool = False
+    next_analysis: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,11 +77,19 @@ class Result:
     def waiting(self) -> bool:
         return any(Decision(o.record).waiting for o in self.outcomes)
 
+    @property
+    def next_analysis(self) -> float | None:
+        """The earliest time an app's analysis is due (wall clock), if any."""
+        due = [o.next_analysis for o in self.outcomes if o.next_analysis is not None]
+        return min(due) if due else None
+
 
 class Reconciler:
     def __init__(self, source: GitSource, kube: Kube, sink: StatusSink,
+                 prometheus: Prometheus | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
+        self.prometheus = prometheus
         self.reader = AppReader(source)
 
     # --- the loop body ----------------------------------------------------------------------
@@ -105,25 +126,29 @@ class Reconciler:
             return Outcome(app, record, skipped=True)  # unchanged in git, nothing in flight
 
         try:
-            observation, rendered = self._observe(head, folder, desired)
-            decision = advance(record, observation, self.clock())
+            now = self.clock()
+            observation, rendered = self._observe(head, folder, desired, record, now)
+            decision = advance(record, observation, now)
             outcome = self._act(app, record, decision, rendered, desired)
         except TransientError as error:
             log.warning("app %s: %s (retrying on the next reconcile)", app, error)
             return Outcome(app, record)
         log.info("app %s: phase %s, actions %s (%.0f ms)", app, outcome.record.phase,
                  ",".join(outcome.actions) or "none", (time.monotonic() - started) * 1000)
+        if isinstance(desired, Desired):
+            due = analysis_due_at(outcome.record, desired.policy.analysis)
+            outcome = dataclasses.replace(outcome, next_analysis=due)
         return outcome
 
     # --- observe ----------------------------------------------------------------------------
 
     def _desired(self, head: Sha, folder: AppFolder) -> Desired:
         desired = self.reader.desired(head, folder)
-        _refuse_unsupported(f"{folder.path}/{POLICY_FILE}", desired.policy)
+        refuse_unsupported(f"{folder.path}/{POLICY_FILE}", desired.policy)
         return desired
 
-    def _observe(self, head: Sha, folder: AppFolder,
-                 desired: Desired | InputError) -> tuple[Observation, Rendered | None]:
+    def _observe(self, head: Sha, folder: AppFolder, desired: Desired | InputError,
+                 record: Record, now: float) -> tuple[Observation, Rendered | None]:
         if isinstance(desired, InputError):
             return Observation(tree=folder.tree, problem=str(desired),
                                problem_sha=self.source.last_change(head, folder.path)), None
@@ -169,7 +194,14 @@ class Reconciler:
                                                   if v["kind"] in WORKLOAD_KINDS),
             variant_replicas=variant_replicas(replicas[0] if replicas else None,
                                               policy.percentage),
+            analysis_enabled=self.prometheus is not None,
+            warmup=policy.analysis.warmup,
+            deadline=policy.analysis.deadline,
         )
+        if self.prometheus is not None and analysis_due(record, policy.analysis, now):
+            judgement = analyze(self.prometheus, policy, [m.name for m in workloads], now,
+                                since=record.ready_at)
+            observation = dataclasses.replace(observation, analysis=judgement)
         return observation, rendered
 
     # --- act and record ---------------------------------------------------------------------
@@ -185,6 +217,9 @@ class Reconciler:
         new_record = decision.record
         try:
             if rendered is not None and isinstance(desired, Desired):
+                if decision.record.promoting == "rollback":
+                    rendered = dataclasses.replace(rendered,
+                                                   stable=forget_previous(rendered.stable))
                 for action in decision.actions:
                     self._perform(action, rendered, desired.policy)
         except CanaryError as error:
@@ -216,12 +251,3 @@ class Reconciler:
         elif action is Action.DELETE_VARIANTS:
             for obj in self.kube.variants(policy.namespace, policy.app):
                 self.kube.delete(key_of(obj))
-
-
-def _refuse_unsupported(file: str, policy: Policy) -> None:
-    """Fields of the schema whose enforcement is not built yet: refuse rather than pretend."""
-    if policy.approvers or policy.require_signed_approval:
-        raise InputError(file, "approvers" if policy.approvers else "requireSignedApproval",
-                         "authenticated approval is not enforced by this version; remove it")
-    if policy.judgment == "auto":
-        raise InputError(file, "judgment", "judgment: auto is not supported by this version")

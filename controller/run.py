@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from controller.metrics import Metrics
 from controller.reconcile import Reconciler, Result
 
 log = logging.getLogger(__name__)
@@ -20,11 +22,14 @@ TRANSITION_INTERVAL = 1.0
 
 
 class _Wake(FileSystemEventHandler):
+    # Only writes move refs; opened/closed events come from every fetch, ours included.
+    CHANGES = frozenset({"created", "modified", "moved", "deleted"})
+
     def __init__(self, event: threading.Event) -> None:
         self.event = event
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if not str(event.src_path).endswith(".lock"):
+        if event.event_type in self.CHANGES and not str(event.src_path).endswith(".lock"):
             self.event.set()
 
 
@@ -56,14 +61,19 @@ def watch(url: str, wake: threading.Event) -> BaseObserver | None:
 
 
 def loop(reconciler: Reconciler, interval: float, stop: threading.Event,
-         wake: threading.Event | None = None) -> None:
+         wake: threading.Event | None = None, metrics: Metrics | None = None) -> None:
     wake = wake or threading.Event()
     observer = watch(reconciler.source.url, wake)
     try:
         while not stop.is_set():
             wake.clear()
+            started = time.monotonic()
             result: Result = reconciler.reconcile()
+            if metrics is not None:
+                metrics.observe(result, time.monotonic() - started)
             delay = TRANSITION_INTERVAL if result.waiting else interval
+            if result.next_analysis is not None:
+                delay = min(delay, max(0.2, result.next_analysis - reconciler.clock()))
             # Either a wake-up (new commit) or the timeout; a stop request ends the wait too.
             _wait_any((wake, stop), delay)
     finally:

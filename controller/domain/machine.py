@@ -11,15 +11,20 @@ The decisions, in order (SPEC §2-3):
 - git equals stable: delete the variants if any (a reject); stable is never touched by it;
 - git equals what stable ran before: a rollback, applied directly;
 - an approval (`promote: <sha>`) of exactly this canary revision: promote;
-- otherwise git holds a new spec: baseline and canary, replacing any older canary.
+- otherwise git holds a new spec: baseline and canary, replacing any older canary; once they
+  are ready and the warm-up has passed, the analysis judges them every interval until a pass
+  (awaiting promotion), a fail, or the deadline (inconclusive).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 
+from controller.domain.judge import Judgement, Verdict, summary, to_json
+from controller.domain.policy import Analysis
 from controller.domain.types import AppName, Fingerprint, Phase, Sha, StatusState
 
 NO_FINGERPRINT = Fingerprint("")
@@ -45,6 +50,9 @@ class Record:
     first_deployment: bool = False
     promoting: str | None = None  # "promote", "rollback" or "direct" while phase is Promoting
     stable_revision: Sha | None = None
+    ready_at: float | None = None  # when the variants became ready: the warm-up starts
+    last_analysis: float | None = None
+    analysis: str | None = None  # the last judgement, as JSON (shown by status and metrics)
     observed_tree: str | None = None  # the app folder's git tree last reconciled
     error: str | None = None
     last_status: StatusNote | None = None
@@ -70,6 +78,10 @@ class Observation:
     variants_fingerprint: str | None = None
     variants_ready: bool = False
     variant_replicas: int = 0
+    analysis: Judgement | None = None  # a judgement made just now (when analysis_due said so)
+    analysis_enabled: bool = True  # False when the controller has no Prometheus to ask
+    warmup: float = 0.0
+    deadline: float = 0.0
 
 
 class Action(StrEnum):
@@ -88,6 +100,20 @@ class Decision:
     def waiting(self) -> bool:
         """True while the app is in a transition that the next reconcile should check soon."""
         return self.record.phase in (Phase.PROGRESSING, Phase.PROMOTING)
+
+
+def analysis_due_at(record: Record, analysis: Analysis) -> float | None:
+    """When the next analysis is due: after the warm-up, then once per interval."""
+    if record.phase is not Phase.ANALYZING or record.ready_at is None:
+        return None
+    if record.last_analysis is None:
+        return record.ready_at + analysis.warmup
+    return record.last_analysis + analysis.interval
+
+
+def analysis_due(record: Record, analysis: Analysis, now: float) -> bool:
+    due = analysis_due_at(record, analysis)
+    return due is not None and now >= due
 
 
 def _short(sha: str | None) -> str:
@@ -160,7 +186,8 @@ def _finish_promotion(record: Record, obs: Observation) -> Decision:
              "direct": f"deployed to stable ({obs.stable_replicas} replicas)"}
     done = dataclasses.replace(
         record, phase=Phase.STABLE, promoting=None, canary_revision=None, canary_fingerprint=None,
-        canary_started=None, first_deployment=False, stable_revision=revision)
+        canary_started=None, first_deployment=False, stable_revision=revision, ready_at=None,
+        last_analysis=None)
     actions = (Action.DELETE_VARIANTS,) if obs.variants_present else ()
     return Decision(done, actions, (StatusNote(revision, StatusState.SUCCESS,
                                                words[record.promoting or "promote"]),))
@@ -169,7 +196,7 @@ def _finish_promotion(record: Record, obs: Observation) -> Decision:
 def _at_stable(record: Record, obs: Observation) -> Decision:
     stable = dataclasses.replace(record, phase=Phase.STABLE, promoting=None, canary_revision=None,
                                  canary_fingerprint=None, canary_started=None,
-                                 first_deployment=False)
+                                 first_deployment=False, ready_at=None, last_analysis=None)
     if obs.variants_present or record.canary_revision is not None:
         statuses: tuple[StatusNote, ...] = ()
         if record.canary_revision is not None and record.canary_fingerprint != obs.fingerprint:
@@ -188,8 +215,10 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
     deployed = obs.variants_present and obs.variants_fingerprint == obs.fingerprint
     if not deployed or record.canary_fingerprint != obs.fingerprint:
         if record.canary_revision is not None and record.canary_fingerprint != obs.fingerprint:
+            pending = record.phase in (Phase.PROGRESSING, Phase.ANALYZING)
             statuses.append(StatusNote(record.canary_revision, StatusState.ERROR,
-                                       f"superseded by {_short(obs.revision)} before a verdict"))
+                                       f"superseded by {_short(obs.revision)}"
+                                       + (" before a verdict" if pending else "")))
         what = (f"canary {obs.variant_replicas} replica(s), no baseline: first deployment"
                 if first else f"baseline and canary {obs.variant_replicas} replica(s) each next "
                               f"to stable {obs.stable_replicas}")
@@ -198,20 +227,65 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
         return Decision(
             dataclasses.replace(record, phase=Phase.PROGRESSING, canary_revision=obs.revision,
                                 canary_fingerprint=obs.fingerprint, canary_started=started,
-                                first_deployment=first),
+                                first_deployment=first, ready_at=None, last_analysis=None,
+                                analysis=None),
             (Action.APPLY_VARIANTS,), tuple(statuses))
 
     actions = (Action.APPLY_VARIANTS,) if record.observed_tree != obs.tree else ()
+    moved = record.canary_revision != obs.revision  # same spec under a rewritten sha
     record = dataclasses.replace(record, canary_revision=obs.revision, first_deployment=first)
-    if record.phase is Phase.PROGRESSING and not obs.variants_ready:
-        return Decision(record, actions)
-    if record.phase is Phase.AWAITING and record.last_status is not None and \
-            record.last_status.sha == obs.revision:
-        return Decision(record, actions)
-    # Ready (or the same canary under a rewritten sha): it waits for a person's judgment.
-    why = ("first deployment, nothing to compare against" if first
-           else "baseline and canary ready")
-    return Decision(dataclasses.replace(record, phase=Phase.AWAITING), actions,
-                    (StatusNote(obs.revision, StatusState.SUCCESS,
-                                f"awaiting promotion: {why}; add `promote: "
-                                f"{_short(obs.revision)}` to canary.yaml"),))
+    if record.phase is Phase.PROGRESSING:
+        if not obs.variants_ready:
+            return Decision(record, actions)
+        if first:
+            return Decision(dataclasses.replace(record, phase=Phase.AWAITING), actions,
+                            (_awaiting(obs.revision, "first deployment, nothing to compare "
+                                                     "against"),))
+        if not obs.analysis_enabled:  # no Prometheus: a person compares, as in the seed
+            return Decision(dataclasses.replace(record, phase=Phase.AWAITING), actions,
+                            (StatusNote(obs.revision, StatusState.PENDING,
+                                        "baseline and canary ready, unanalysed (no Prometheus "
+                                        "configured): compare them, then promote or revert"),))
+        return Decision(
+            dataclasses.replace(record, phase=Phase.ANALYZING, ready_at=now, last_analysis=None,
+                                analysis=None), actions,
+            (StatusNote(obs.revision, StatusState.PENDING,
+                        f"canary ready: analysis starts after a {obs.warmup:g}s warm-up"),))
+    if record.phase is Phase.ANALYZING and obs.analysis is not None:
+        return _judged(record, obs, obs.analysis, now, actions)
+    if moved and record.last_status is not None:
+        note = dataclasses.replace(record.last_status, sha=obs.revision)
+        return Decision(record, actions, (note,))
+    return Decision(record, actions)
+
+
+def _awaiting(revision: Sha, why: str) -> StatusNote:
+    return StatusNote(revision, StatusState.SUCCESS,
+                      f"awaiting promotion: {why}; add `promote: {_short(revision)}` to "
+                      f"canary.yaml")
+
+
+def _judged(record: Record, obs: Observation, judgement: Judgement, now: float,
+            actions: tuple[Action, ...]) -> Decision:
+    text = summary(judgement)
+    record = dataclasses.replace(record, last_analysis=now, analysis=_json(judgement))
+    started = (record.ready_at or now) + obs.warmup
+    overdue = now >= started + obs.deadline
+    if judgement.verdict is Verdict.PASS:
+        return Decision(dataclasses.replace(record, phase=Phase.AWAITING), actions,
+                        (StatusNote(obs.revision, StatusState.SUCCESS,
+                                    f"{text}; awaiting promotion"),))
+    if judgement.verdict is Verdict.FAIL:
+        return Decision(dataclasses.replace(record, phase=Phase.FAILED), actions,
+                        (StatusNote(obs.revision, StatusState.FAILURE, text),))
+    if overdue:
+        state = (StatusState.FAILURE if judgement.verdict is Verdict.MARGINAL
+                 else StatusState.ERROR)
+        return Decision(dataclasses.replace(record, phase=Phase.FAILED), actions,
+                        (StatusNote(obs.revision, state, f"{text} at the deadline"),))
+    return Decision(record, actions,
+                    (StatusNote(obs.revision, StatusState.PENDING, f"{text}; analysing"),))
+
+
+def _json(judgement: Judgement) -> str:
+    return json.dumps(to_json(judgement), sort_keys=True)

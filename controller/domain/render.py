@@ -262,6 +262,19 @@ def render(
     return Rendered(fp, passthrough, deferred, tuple(stable), tuple(baseline), tuple(canary))
 
 
+def forget_previous(stable: tuple[KubeObject, ...]) -> tuple[KubeObject, ...]:
+    """Stable objects for a rollback: they record no 'previous' spec, so the release rolled
+    back from cannot come back later as a 'rollback' that skips the canary."""
+    result = []
+    for obj in stable:
+        clean = copy.deepcopy(obj)
+        annotations = clean["metadata"].get("annotations") or {}
+        for name in (ANNOTATION_PREVIOUS_FINGERPRINT, ANNOTATION_PREVIOUS_REVISION):
+            annotations.pop(name, None)
+        result.append(clean)
+    return tuple(result)
+
+
 def first_deployment(policy: Policy, live: Mapping[Key, KubeObject],
                      manifests: list[Manifest]) -> bool:
     return not any(m.key in live for m in manifests if m.kind in WORKLOAD_KINDS)

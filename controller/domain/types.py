@@ -33,9 +33,10 @@ class Phase(StrEnum):
 
     STABLE = "Stable"            # live stable equals git; no variants
     PROGRESSING = "Progressing"  # variants applied, waiting for them to be ready
-    AWAITING = "AwaitingPromotion"  # variants ready; a person (or the analysis) decides
+    ANALYZING = "Analyzing"      # variants ready: warm-up, then baseline vs canary each interval
+    AWAITING = "AwaitingPromotion"  # the analysis passed (or nothing to compare): a person decides
+    FAILED = "Failed"            # the analysis failed or stayed inconclusive: revert (or override)
     PROMOTING = "Promoting"      # new spec applied to stable; waiting for its rollout
-    FAILED = "Failed"            # the repository's input is invalid or refused
 
 
 class StatusState(StrEnum):

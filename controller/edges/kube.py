@@ -9,6 +9,7 @@ transient, the rest permanent with the server's own message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,6 @@ from controller.domain.types import (
     LABEL_VERSION,
     WORKLOAD_KINDS,
     AppName,
-    Fingerprint,
     KubeObject,
     Phase,
     Sha,
@@ -240,21 +240,13 @@ def record_to_json(record: Record) -> str:
 def record_from_json(text: str) -> Record:
     data = json.loads(text)
     status = data.pop("last_status", None)
-    return Record(
-        app=AppName(data["app"]),
-        phase=Phase(data.get("phase", Phase.STABLE)),
-        canary_revision=Sha(data["canary_revision"]) if data.get("canary_revision") else None,
-        canary_fingerprint=Fingerprint(data["canary_fingerprint"])
-        if data.get("canary_fingerprint") else None,
-        canary_started=data.get("canary_started"),
-        first_deployment=bool(data.get("first_deployment")),
-        promoting=data.get("promoting"),
-        stable_revision=Sha(data["stable_revision"]) if data.get("stable_revision") else None,
-        observed_tree=data.get("observed_tree"),
-        error=data.get("error"),
-        last_status=StatusNote(Sha(status["sha"]), StatusState(status["state"]),
-                               status["description"]) if status else None,
-    )
+    known = {f.name for f in dataclasses.fields(Record)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["phase"] = Phase(values.get("phase", Phase.STABLE))
+    if status:
+        values["last_status"] = StatusNote(Sha(status["sha"]), StatusState(status["state"]),
+                                           status["description"])
+    return Record(**values)
 
 
 def rollout_ready(obj: KubeObject | None) -> bool:

@@ -259,6 +259,9 @@ def _start_controllers(cluster: Cluster, sup: Supervisor) -> None:
         f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
         f"--cidr={POD_CIDR}",
         "--node-ip=127.0.0.1",
+        # Without it kwok keeps no node Lease, and the node-lifecycle controller marks every
+        # node (and pod) NotReady about 40s after start.
+        "--node-lease-duration-seconds=40",
         f"--server-address=127.0.0.1:{cluster.ports.kwok}",
     ])
     for name, port in (("kube-controller-manager", cluster.ports.controller_manager),

@@ -113,9 +113,9 @@ def test_new_version_gets_baseline_and_canary_and_the_service_selects_all(
         return len([e for s in slices for e in s.endpoints or [] if e.conditions.ready])
 
     harness.settle(lambda: endpoints() == 6, "6 ready endpoints behind the Service")
-    note = harness.settle(lambda: "awaiting promotion" in harness.repo.note(change)
-                          and harness.repo.note(change), "awaiting promotion")
-    assert "baseline and canary ready" in note
+    note = harness.settle(lambda: "unanalysed" in harness.repo.note(change)
+                          and harness.repo.note(change), "baseline and canary ready")
+    assert "pending: baseline and canary ready, unanalysed" in note
 
 
 def test_revert_deletes_the_variants_and_leaves_stable_untouched(harness: Harness) -> None:

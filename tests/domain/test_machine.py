@@ -6,7 +6,16 @@ import dataclasses
 
 import pytest
 
-from controller.domain.machine import Action, Observation, Record, StatusNote, advance
+from controller.domain.judge import Counts, Judgement, MetricInput, judge
+from controller.domain.machine import (
+    Action,
+    Observation,
+    Record,
+    StatusNote,
+    advance,
+    analysis_due,
+)
+from controller.domain.policy import Analysis
 from controller.domain.types import AppName, Fingerprint, Phase, Sha, StatusState
 
 APP = AppName("sampleapp")
@@ -23,14 +32,22 @@ def obs(**fields: object) -> Observation:
 
 
 def states(decision: object) -> list[tuple[str, str, str]]:
-    return [(n.sha[:1], str(n.state), n.description.split(":")[0])
+    return [(n.sha[:1], str(n.state), n.description.split(":")[0].split(";")[0])
             for n in decision.statuses]
+
+
+def judged(baseline_good: int | None, canary_good: int | None) -> Judgement:
+    def counts(good: int | None) -> Counts | None:
+        return None if good is None else Counts(good, 1000)
+    return judge([MetricInput("success-rate", "ratio", "higher", counts(baseline_good),
+                              counts(canary_good), critical=True)])
 
 
 CANARY = Record(APP, Phase.PROGRESSING, canary_revision=R2, canary_fingerprint=NEW,
                 canary_started=NOW, observed_tree="t2")
 AWAITING = dataclasses.replace(CANARY, phase=Phase.AWAITING,
                                last_status=StatusNote(R2, StatusState.SUCCESS, "awaiting"))
+ANALYZING = dataclasses.replace(CANARY, phase=Phase.ANALYZING, ready_at=NOW - 100)
 
 
 @pytest.mark.parametrize(("name", "record", "observation", "phase", "actions", "statuses"), [
@@ -47,9 +64,35 @@ AWAITING = dataclasses.replace(CANARY, phase=Phase.AWAITING,
     ("variants not ready yet: wait",
      CANARY, obs(variants_present=True, variants_fingerprint=NEW),
      Phase.PROGRESSING, [], []),
-    ("variants ready: awaiting promotion",
+    ("variants ready: the analysis starts after the warm-up",
      CANARY, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True),
+     Phase.ANALYZING, [], [("2", "pending", "canary ready")]),
+    ("variants ready, no Prometheus: a person judges, unanalysed",
+     CANARY, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
+                 analysis_enabled=False),
+     Phase.AWAITING, [], [("2", "pending", "baseline and canary ready, unanalysed (no "
+                                           "Prometheus configured)")]),
+    ("first deployment ready: awaiting promotion, nothing to compare",
+     dataclasses.replace(CANARY, first_deployment=True),
+     obs(stable_exists=False, stable_fingerprint=None, variants_present=True,
+         variants_fingerprint=NEW, variants_ready=True),
      Phase.AWAITING, [], [("2", "success", "awaiting promotion")]),
+    ("analysis passes: awaiting promotion",
+     ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
+                    analysis=judged(100, 200)),
+     Phase.AWAITING, [], [("2", "success", "canary 20.0% good vs baseline 10.0% (p<0.001)")]),
+    ("analysis fails: failure, the canary stays until git says",
+     ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
+                    analysis=judged(200, 100)),
+     Phase.FAILED, [], [("2", "failure", "canary 10.0% good vs baseline 20.0% (p<0.001)")]),
+    ("no data before the deadline: keep analysing",
+     ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
+                    analysis=judged(None, None), warmup=60, deadline=600),
+     Phase.ANALYZING, [], [("2", "pending", "not enough data")]),
+    ("no data at the deadline: an error status",
+     ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
+                    analysis=judged(None, None), warmup=60, deadline=30),
+     Phase.FAILED, [], [("2", "error", "not enough data")]),
     ("awaiting and nothing new: quiet",
      AWAITING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True),
      Phase.AWAITING, [], []),
@@ -65,7 +108,7 @@ AWAITING = dataclasses.replace(CANARY, phase=Phase.AWAITING,
      AWAITING, obs(fingerprint=NEWER, revision=R3, tree="t3", variants_present=True,
                    variants_fingerprint=NEW),
      Phase.PROGRESSING, [Action.APPLY_VARIANTS],
-     [("2", "error", "superseded by 3333333 before a verdict"), ("3", "pending",
+     [("2", "error", "superseded by 3333333"), ("3", "pending",
                                                                   "canary deployed")]),
     ("a revert to stable's spec rejects: variants deleted, stable untouched",
      AWAITING, obs(fingerprint=OLD, revision=R1, tree="t1", variants_present=True,
@@ -121,8 +164,23 @@ def test_a_rewritten_sha_for_the_same_spec_moves_the_status_without_redeploying(
     decision = advance(AWAITING, obs(revision=R3, variants_present=True,
                                      variants_fingerprint=NEW, variants_ready=True), NOW)
     assert decision.actions == ()
-    assert states(decision) == [("3", "success", "awaiting promotion")]
+    assert states(decision) == [("3", "success", "awaiting")]
     assert decision.record.canary_revision == R3
+
+
+def test_the_analysis_is_due_after_the_warm_up_then_every_interval() -> None:
+    timing = Analysis(warmup=60, interval=30)
+    ready = dataclasses.replace(ANALYZING, ready_at=NOW)
+    assert not analysis_due(ready, timing, NOW + 59)
+    assert analysis_due(ready, timing, NOW + 60)
+    analysed = advance(ready, obs(variants_present=True, variants_fingerprint=NEW,
+                                  variants_ready=True, analysis=judged(100, 100)),
+                       NOW + 60).record
+    assert analysed.last_analysis == NOW + 60
+    assert analysed.analysis is not None
+    assert '"verdict": "pass"' in analysed.analysis
+    assert not analysis_due(analysed, timing, NOW + 89)
+    assert not analysis_due(AWAITING, timing, NOW + 1000)
 
 
 def test_canary_start_time_is_kept_while_the_same_canary_runs() -> None:

@@ -1,0 +1,85 @@
+"""The Prometheus edge: instant and range queries over the HTTP API (httpx).
+
+Unreachable servers, timeouts and 5xx are TransientError; a query Prometheus refuses
+(bad_data) is ApiError with Prometheus' own message. An empty result is not an error: it is
+no data, and the judge says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from controller.errors import ApiError, TransientError
+
+
+@dataclass(frozen=True)
+class Auth:
+    bearer: str | None = None
+    basic: tuple[str, str] | None = None
+
+    def headers(self) -> dict[str, str]:
+        if self.bearer:
+            return {"Authorization": f"Bearer {self.bearer}"}
+        if self.basic:
+            pair = base64.b64encode(f"{self.basic[0]}:{self.basic[1]}".encode()).decode()
+            return {"Authorization": f"Basic {pair}"}
+        return {}
+
+
+class Prometheus:
+    def __init__(self, url: str, timeout: float = 10.0, auth: Auth | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(base_url=self.url, timeout=timeout,
+                                    headers=(auth or Auth()).headers())
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _get(self, path: str, params: dict[str, str]) -> Any:
+        try:
+            response = self._client.get(path, params=params)
+        except httpx.HTTPError as error:
+            raise TransientError(f"Prometheus {self.url} unreachable: {error}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientError(f"Prometheus {self.url}: HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise TransientError(f"Prometheus {self.url}: HTTP {response.status_code}, "
+                                 f"not JSON") from None
+        if body.get("status") != "success":
+            raise ApiError(f"Prometheus refused {params.get('query', '')!r}: "
+                           f"{body.get('errorType', '')}: {body.get('error', '')}")
+        return body["data"]
+
+    def scalar(self, query: str, at: float | None = None) -> float | None:
+        """The single value of an instant query; None when the result is empty or NaN."""
+        params = {"query": query}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        data = self._get("/api/v1/query", params)
+        result = data.get("result")
+        if data.get("resultType") == "scalar":
+            value = float(result[1])
+        elif not result:
+            return None
+        else:
+            value = float(result[0]["value"][1])
+        return None if math.isnan(value) or math.isinf(value) else value
+
+    def series(self, query: str, start: float, end: float, step: float) -> list[float]:
+        """All finite values of a range query, across its series, in time order."""
+        data = self._get("/api/v1/query_range", {
+            "query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"})
+        values = []
+        for series in data.get("result") or []:
+            for _, value in series.get("values") or []:
+                number = float(value)
+                if math.isfinite(number):
+                    values.append(number)
+        return values
