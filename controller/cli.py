@@ -34,7 +34,7 @@ from controller.domain.judge import judge, parse_input, summary, to_json
 from controller.domain.manifests import parse_manifests, select_files
 from controller.domain.policy import POLICY_FILE, parse_policy, refuse_unsupported
 from controller.domain.render import key_of, planned_objects
-from controller.domain.types import WORKLOAD_KINDS, KubeObject, Sha
+from controller.domain.types import WORKLOAD_KINDS, AppName, KubeObject, Sha
 from controller.edges.git import GitRepo, GitSource
 from controller.edges.kube import Kube, connect
 from controller.edges.prometheus import Auth, Prometheus
@@ -128,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", parents=[kube, output], help="show every app's phase and status")
 
     for name, text in (("promote", "commit the approval of APP's canary in a local clone"),
-                       ("reject", "commit the revert of APP's canary in a local clone")):
-        cmd = sub.add_parser(name, help=text)
+                       ("reject", "commit the return of APP to stable in a local clone (with "
+                                  "--kubeconfig: to stable's revision; else: revert the "
+                                  "canary's commit)")):
+        cmd = sub.add_parser(name, parents=[kube], help=text)
         cmd.add_argument("app", metavar="APP")
         cmd.add_argument("--repo", type=Path, default=Path.cwd(),
                          help="the local clone (default: the current folder)")
@@ -336,7 +338,18 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _reject(args: argparse.Namespace) -> int:
-    repo, _, _, revision = _canary_of(args)
+    repo, reader, policy_path, revision = _canary_of(args)
+    record = None
+    if args.kubeconfig:
+        kube = Kube(connect(args.kubeconfig), state_namespace=args.state_namespace)
+        record = kube.records().get(AppName(args.app))
+        if record is not None and record.canary_revision is None:
+            raise CanaryError(f"no canary of {args.app} is running (phase {record.phase}): "
+                              f"nothing to reject")
+    if record is not None and record.stable_revision is not None:
+        return _restore_stable(repo, reader, policy_path, args.app, record.stable_revision,
+                               revision)
+    # Without the cluster's record, the revert of the canary's commit is the best guess.
     try:
         repo.repo.git.revert("--no-edit", revision)
     except Exception as error:  # git's own message says what conflicted
@@ -344,6 +357,33 @@ def _reject(args: argparse.Namespace) -> int:
         raise CanaryError(f"git revert {revision[:7]} failed: {error}") from None
     print(f"committed {repo.repo.head.commit.hexsha[:7]}: revert of {revision[:7]}; push it "
           f"(or open a pull request) to reject the {args.app} canary")
+    return 0
+
+
+def _restore_stable(repo: GitRepo, reader: AppReader, policy_path: Path, app: str,
+                    stable: Sha, canary: Sha) -> int:
+    """Put the app's manifests back as they were at stable's revision: git then equals stable,
+    however many commits the canary took, and the controller deletes the variants."""
+    folder = policy_path.parent
+    relative = folder.relative_to(Path(str(repo.repo.working_dir)))
+    head = Sha(repo.repo.head.commit.hexsha)
+    current = reader.parse(reader.find(head, app), repo.folder_tree(head, str(relative)) or "")
+    old_tree = repo.folder_tree(stable, str(relative))
+    if old_tree is None:
+        raise CanaryError(f"{relative} did not exist at stable's revision {stable[:7]}")
+    old_files = repo.read_folder(old_tree)
+    wanted = {name for name in old_files if name != POLICY_FILE}
+    now = {Path(m.source.split("#")[0]).relative_to(relative).as_posix() for m in current[1]}
+    for name in sorted(wanted):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(old_files[name])
+    for name in sorted(now - wanted):
+        (folder / name).unlink()
+    repo.repo.git.add("--all", "--", str(folder))
+    repo.repo.index.commit(f"Reject {app} canary {canary[:7]}: back to stable {stable[:7]}\n\n"
+                           f"Restores {relative} (except canary.yaml) as of {stable}.")
+    print(f"committed {repo.repo.head.commit.hexsha[:7]}: {app} back to stable {stable[:7]}; "
+          f"push it (or open a pull request) to reject the canary {canary[:7]}")
     return 0
 
 

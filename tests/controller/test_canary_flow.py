@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from controller.cli import main
 from controller.domain.types import LABEL_VERSION
 from tests.controller.conftest import Harness, deployment, git, new_reconciler, service
 
@@ -334,3 +335,23 @@ def harness_wait(condition: Any, what: str, timeout: float = 60) -> None:
             return
         time.sleep(0.1)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def test_reject_returns_git_to_stable_across_several_canary_commits(
+        harness: Harness, kubeconfig: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    start_stable(harness, "10")
+    change_rate(harness, "30", "rate 30")
+    change_rate(harness, "40", "rate 40 replaces it")
+    harness.settle(lambda: (d := variants_ready(harness)) and rate(d["sampleapp-canary"]) == "40",
+                   "the rate-40 canary")
+    reject = ["reject", "sampleapp", "--repo", str(harness.repo.clone), "--kubeconfig",
+              str(kubeconfig), "--state-namespace", harness.namespace]
+    assert main(reject) == 0
+    harness.repo.push()
+    after = harness.settle(lambda: only(harness, "sampleapp"), "variants deleted")
+    assert rate(after["sampleapp"]) == "10"
+    assert "failure: rejected" in harness.repo.note(git(harness.repo.clone, "rev-parse",
+                                                        "HEAD~1"))
+    capsys.readouterr()
+    assert main(reject) == 2
+    assert "no canary of sampleapp is running" in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""The controller's /metrics, /healthz and /readyz, served for real on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from localcluster.processes import free_port
+
+from controller.domain.judge import Counts, MetricInput, judge, to_json
+from controller.domain.machine import Record, StatusNote
+from controller.domain.types import AppName, Phase, Sha, StatusState
+from controller.metrics import Metrics, serve
+from controller.reconcile import Outcome, Result
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Metrics, str]]:
+    metrics = Metrics()
+    port = free_port()
+    server = serve(metrics, f"127.0.0.1:{port}", interval=30)
+    try:
+        yield metrics, f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_health_readiness_and_metrics(served: tuple[Metrics, str]) -> None:
+    metrics, url = served
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    assert httpx.get(f"{url}/readyz").status_code == 503  # no reconcile yet
+
+    judgement = judge([MetricInput("success-rate", "ratio", "higher", Counts(100, 1000),
+                                   Counts(200, 1000))])
+    record = Record(AppName("sampleapp"), Phase.AWAITING, canary_revision=Sha("a" * 40),
+                    analysis=json.dumps(to_json(judgement)),
+                    last_status=StatusNote(Sha("a" * 40), StatusState.SUCCESS, "awaiting"))
+    metrics.observe(Result(Sha("b" * 40), (Outcome("sampleapp", record),)), 0.02)
+
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    text = httpx.get(f"{url}/metrics").text
+    assert 'gitops_canary_app_phase{app="sampleapp",phase="AwaitingPromotion"} 1.0' in text
+    assert 'gitops_canary_app_phase{app="sampleapp",phase="Analyzing"} 0.0' in text
+    assert 'gitops_canary_analysis_score{app="sampleapp"} 100.0' in text
+    assert 'gitops_canary_analysis_verdict{app="sampleapp",verdict="pass"} 1.0' in text
+    assert ('gitops_canary_metric_value{app="sampleapp",metric="success-rate",'
+            'variant="canary"} 0.2') in text
+    assert 'gitops_canary_reconciles_total{result="ok"} 1.0' in text
+    assert 'gitops_canary_transitions_total{app="sampleapp",event="verdict"} 1.0' in text
+    assert httpx.get(f"{url}/nope").status_code == 404
+
+
+def test_a_failed_reconcile_is_counted_and_not_ready(served: tuple[Metrics, str]) -> None:
+    metrics, url = served
+    metrics.observe(Result(None, error="git fetch: unreachable"), 0.5)
+    assert httpx.get(f"{url}/readyz").status_code == 503
+    assert 'gitops_canary_reconciles_total{result="error"} 1.0' in httpx.get(f"{url}/metrics").text
