@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from localcluster.processes import free_port
 
 from controller.domain.judge import Counts, MetricInput, judge, to_json
 from controller.domain.machine import Record, StatusNote
 from controller.domain.types import AppName, Phase, Sha, StatusState
 from controller.metrics import Metrics, serve
 from controller.reconcile import Outcome, Result
+from localcluster.processes import free_port
 
 
 @pytest.fixture
