@@ -7,6 +7,7 @@ tree: equal trees, equal apps.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from controller.domain.manifests import Manifest, parse_manifests, select_files
@@ -30,6 +31,7 @@ class AppReader:
     def __init__(self, repo: GitRepo) -> None:
         self.repo = repo
         self._fingerprints: dict[str, Fingerprint | None] = {}
+        self._parsed: dict[tuple[str, str], tuple[Policy, list[Manifest]]] = {}
         self._revisions: dict[tuple[Sha, str, Fingerprint], Sha] = {}
 
     def desired(self, head: Sha, folder: AppFolder) -> Desired:
@@ -38,6 +40,16 @@ class AppReader:
         return Desired(folder, policy, manifests, fp, self.revision(head, folder, fp))
 
     def parse(self, folder: AppFolder, tree: str) -> tuple[Policy, list[Manifest]]:
+        key = (folder.path, tree)
+        if key not in self._parsed:
+            if len(self._parsed) > 4096:
+                self._parsed.clear()
+            self._parsed[key] = self._parse(folder, tree)
+        policy, manifests = self._parsed[key]
+        # Manifests hold mutable dicts: hand out copies so no caller changes the cache.
+        return policy, copy.deepcopy(manifests)
+
+    def _parse(self, folder: AppFolder, tree: str) -> tuple[Policy, list[Manifest]]:
         files = self.repo.read_folder(tree)
         prefix = f"{folder.path}/" if folder.path else ""
         policy = parse_policy(files[POLICY_FILE], f"{prefix}{POLICY_FILE}", folder.name)

@@ -61,14 +61,22 @@ class Metrics:
         self._seen_status: dict[str, Any] = {}
         self._seen_analysis: dict[str, str | None] = {}
         self.last_success: float | None = None
+        self.started = time.monotonic()
+        self.last_finished: float | None = None
 
     def observe(self, result: Result, seconds: float) -> None:
         self.duration.observe(seconds)
         self.reconciles.labels("error" if result.error else "ok").inc()
+        self.last_finished = time.monotonic()
         if result.error is None:
             self.last_success = time.monotonic()
         for outcome in result.outcomes:
             app, record = outcome.app, outcome.record
+            if app not in self._seen_analysis:
+                # Every series exists from the start at 0, so the first transition is a change.
+                for name in ("canary_started", "verdict", "promoted", "rejected"):
+                    self.transitions.labels(app, name)
+                self._seen_analysis[app] = None
             for phase in Phase:
                 self.phase.labels(app, str(phase)).set(1 if record.phase is phase else 0)
             status = record.last_status
@@ -95,6 +103,11 @@ class Metrics:
             if metric.get("p_value") is not None:
                 self.p_value.labels(app, metric["name"]).set(float(metric["p_value"]))
 
+    def alive(self, interval: float) -> bool:
+        """Alive while reconciles keep finishing: a loop stuck (a hung fetch, say) is not."""
+        last = self.last_finished or self.started
+        return time.monotonic() - last < max(10 * interval, 300)
+
     def ready(self, interval: float) -> bool:
         """Ready once a reconcile succeeded recently (git and the cluster answered)."""
         return self.last_success is not None and \
@@ -109,7 +122,8 @@ def serve(metrics: Metrics, address: str, interval: float) -> ThreadingHTTPServe
             if self.path == "/metrics":
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
-                self._send(200, b"ok\n")
+                ok = metrics.alive(interval)
+                self._send(200 if ok else 503, b"ok\n" if ok else b"no reconcile finished\n")
             elif self.path == "/readyz":
                 ok = metrics.ready(interval)
                 self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n")

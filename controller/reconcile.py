@@ -110,6 +110,11 @@ class Reconciler:
     def _reconcile_app(self, head: Sha, folder: AppFolder, records: dict[AppName, Record],
                        seen: dict[str, str]) -> Outcome:
         started = time.monotonic()
+        prior = next((r for r in records.values() if r.path == folder.path), None)
+        if prior is not None and prior.observed_tree == folder.tree and prior.error is None \
+                and prior.phase is Phase.STABLE and not prior.unposted:
+            seen[prior.app] = folder.path
+            return Outcome(prior.app, prior, skipped=True)  # unchanged in git, nothing in flight
         try:
             desired: Desired | InputError = self._desired(head, folder)
         except InputError as error:
@@ -119,11 +124,7 @@ class Reconciler:
             desired = InputError(f"{folder.path}/{POLICY_FILE}", "app",
                                  f"app {app} is already defined in {seen[app]}")
         seen[app] = folder.path
-        record = records.get(app) or Record(app=app)
-
-        if record.observed_tree == folder.tree and record.error is None and \
-                record.phase is Phase.STABLE:
-            return Outcome(app, record, skipped=True)  # unchanged in git, nothing in flight
+        record = dataclasses.replace(records.get(app) or Record(app=app), path=folder.path)
 
         try:
             now = self.clock()
@@ -208,13 +209,15 @@ class Reconciler:
 
     def _act(self, app: AppName, record: Record, decision: Decision, rendered: Rendered | None,
              desired: Desired | InputError) -> Outcome:
-        # Write-ahead: the intent (say, Promoting) is in the cluster before the first write,
-        # so a controller killed mid-way resumes the promotion instead of guessing.
-        intent = dataclasses.replace(decision.record, last_status=record.last_status)
+        # Write-ahead: the intent (say, Promoting) and the statuses to post are in the cluster
+        # before the first write, so a controller killed mid-way resumes instead of guessing,
+        # and a status the sink did not take is posted on the next reconcile.
+        statuses = decision.statuses
+        new_record = decision.record
+        intent = dataclasses.replace(new_record, last_status=record.last_status,
+                                     unposted=record.unposted + statuses)
         if intent != record:
             self.kube.save_record(intent)
-        statuses = list(decision.statuses)
-        new_record = decision.record
         try:
             if rendered is not None and isinstance(desired, Desired):
                 if decision.record.promoting == "rollback":
@@ -227,15 +230,19 @@ class Reconciler:
                 raise
             log.error("app %s: %s", app, error)
             sha = desired.revision if isinstance(desired, Desired) else None
-            statuses = [StatusNote(sha, StatusState.ERROR, str(error))] if sha else []
+            statuses = (StatusNote(sha, StatusState.ERROR, str(error)),) if sha else ()
             # Back to what was true before this decision, plus the reason it failed.
             new_record = dataclasses.replace(record, error=str(error),
                                              last_status=statuses[-1] if statuses else None)
-            intent = dataclasses.replace(new_record, last_status=record.last_status)
+            intent = dataclasses.replace(new_record, last_status=record.last_status,
+                                         unposted=record.unposted + statuses)
             self.kube.save_record(intent)
-        for note in statuses:
+        for note in intent.unposted:
             self.sink.post(app, note.sha, note.state, note.description)
-        if new_record.last_status != intent.last_status:  # recorded once it is really posted
+        if intent.unposted:
+            new_record = dataclasses.replace(new_record, last_status=intent.unposted[-1])
+        new_record = dataclasses.replace(new_record, unposted=())
+        if new_record != intent:
             self.kube.save_record(new_record)
         return Outcome(app, new_record, decision.actions)
 

@@ -56,6 +56,8 @@ class Record:
     observed_tree: str | None = None  # the app folder's git tree last reconciled
     error: str | None = None
     last_status: StatusNote | None = None
+    unposted: tuple[StatusNote, ...] = ()  # decided, not yet accepted by the status sink
+    path: str | None = None  # the app's folder in the repository
 
 
 @dataclass(frozen=True)

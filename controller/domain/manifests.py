@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from controller.domain.policy import POLICY_FILE, Policy
+from controller.domain.policy import POLICY_FILE, YAML_LOADER, Policy
 from controller.domain.types import KubeObject
 from controller.errors import InputError
 
@@ -64,7 +64,7 @@ def parse_manifests(files: Mapping[str, str], policy: Policy) -> list[Manifest]:
     seen: dict[tuple[str, str, str], str] = {}
     for path, text in sorted(files.items()):
         try:
-            documents = list(yaml.safe_load_all(text))
+            documents = list(yaml.load_all(text, Loader=YAML_LOADER))
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -164,9 +164,13 @@ class GitSource(GitRepo):
         return Sha(self.repo.commit(self.tracking_ref).hexsha)
 
     def fetch_notes(self) -> None:
+        """Make the local notes equal the remote's: notes that never reached it are dropped,
+        so a status whose push failed is written (and pushed) again, never taken as done."""
         remote = self._git("ls-remote", "origin", NOTES_REF)
         if remote.strip():
             self._git("fetch", "--no-tags", "origin", f"+{NOTES_REF}:{NOTES_REF}")
+        elif self._git("for-each-ref", NOTES_REF).strip():
+            self._git("update-ref", "-d", NOTES_REF)
 
     # Git notes: the default commit-status sink writes through these.
     def read_note(self, sha: Sha) -> str:

@@ -228,24 +228,30 @@ class Kube:
         self._apply_one(body, dry_run=False)
 
 
+def _note(note: StatusNote) -> dict[str, str]:
+    return {"sha": note.sha, "state": str(note.state), "description": note.description}
+
+
+def _unnote(data: dict[str, str]) -> StatusNote:
+    return StatusNote(Sha(data["sha"]), StatusState(data["state"]), data["description"])
+
+
 def record_to_json(record: Record) -> str:
-    data = {k: v for k, v in record.__dict__.items() if k != "last_status"}
-    if record.last_status is not None:
-        data["last_status"] = {"sha": record.last_status.sha,
-                               "state": str(record.last_status.state),
-                               "description": record.last_status.description}
+    data = {k: v for k, v in record.__dict__.items() if k not in ("last_status", "unposted")}
+    data["last_status"] = _note(record.last_status) if record.last_status else None
+    data["unposted"] = [_note(n) for n in record.unposted]
     return json.dumps(data, sort_keys=True)
 
 
 def record_from_json(text: str) -> Record:
     data = json.loads(text)
     status = data.pop("last_status", None)
+    unposted = data.pop("unposted", None) or []
     known = {f.name for f in dataclasses.fields(Record)}
     values = {k: v for k, v in data.items() if k in known}
     values["phase"] = Phase(values.get("phase", Phase.STABLE))
-    if status:
-        values["last_status"] = StatusNote(Sha(status["sha"]), StatusState(status["state"]),
-                                           status["description"])
+    values["last_status"] = _unnote(status) if status else None
+    values["unposted"] = tuple(_unnote(n) for n in unposted)
     return Record(**values)
 
 

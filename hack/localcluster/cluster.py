@@ -9,6 +9,7 @@ that no process naming the state folder is left.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import ssl
@@ -30,9 +31,9 @@ BUILD_SCRIPT = REPO / "hack" / "cluster" / "build.sh"
 DEFAULT_STATE = REPO / ".localcluster" / "default"
 
 # Pods get loopback addresses so a process can listen on a pod IP (see the apiserver patch in
-# hack/tools/kube). Service cluster IPs are loopback too: nothing proxies them, and any stray
-# connection to one stays on this machine.
-POD_CIDR = "127.10.0.0/16"
+# hack/tools/kube): 127.N.0.0/16 with N in 100-199 chosen by the state folder, so two local
+# clusters (the demo's and the tests') never hand out the same pod IP. Service cluster IPs are
+# loopback too: nothing proxies them, and any stray connection to one stays on this machine.
 SERVICE_CIDR = "127.96.0.0/16"
 SERVICE_IP = "127.96.0.1"
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -55,12 +56,20 @@ class Ports:
         return cls(*(free_port() for _ in dataclasses.fields(cls)))
 
 
+def pod_cidr_for(state: Path) -> str:
+    return f"127.{100 + int(hashlib.sha256(str(state).encode()).hexdigest(), 16) % 100}.0.0/16"
+
+
 @dataclass(frozen=True)
 class Cluster:
     state: Path
     bin_dir: Path
     ports: Ports
     nodes: int = 1
+
+    @property
+    def pod_cidr(self) -> str:
+        return pod_cidr_for(self.state)
 
     @property
     def kubeconfig(self) -> Path:
@@ -257,7 +266,7 @@ def _start_controllers(cluster: Cluster, sup: Supervisor) -> None:
         f"--kubeconfig={configs / 'kwok.yaml'}",
         f"--config={cluster.bin_dir / 'kwok-stages.yaml'}",
         f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
-        f"--cidr={POD_CIDR}",
+        f"--cidr={cluster.pod_cidr}",
         "--node-ip=127.0.0.1",
         # Without it kwok keeps no node Lease, and the node-lifecycle controller marks every
         # node (and pod) NotReady about 40s after start.

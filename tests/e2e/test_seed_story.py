@@ -1,0 +1,63 @@
+"""The seed guide's whole story, end to end, as the demo plays it — with short timings.
+
+Real cluster, real Prometheus scraping real sample-app processes on the pods' IPs, real load
+through the Service's endpoints, the controller as a real process, and git as the only
+interface: push, promote commit, revert.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from localcluster.story import Story, Timing, better_version, first_version, worse_version
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+APP = "sampleapp"
+BOTH = {APP: 4, f"{APP}-baseline": 1, f"{APP}-canary": 1}
+
+
+def test_the_seed_story(kubeconfig: Path, tmp_path: Path) -> None:
+    story = Story(tmp_path / "story", namespace=f"e2e-{uuid.uuid4().hex[:6]}",
+                  timing=Timing(warmup="10s", interval="5s", window="30s", deadline="90s",
+                                poll="2s", qps=100), say=print)
+    try:
+        story.up(kubeconfig)
+
+        canary, promoted = first_version(story)
+        assert canary.deployments == {f"{APP}-canary": 1}
+        assert canary.rates == {f"{APP}-canary": "10"}
+        assert canary.status.startswith("awaiting promotion: first deployment")
+        assert promoted.deployments == {APP: 4}
+        assert promoted.rates == {APP: "10"}
+        assert promoted.status.startswith("promoted: stable runs")
+
+        judged, better = better_version(story)
+        assert judged.deployments == BOTH
+        assert judged.rates == {APP: "10", f"{APP}-baseline": "10", f"{APP}-canary": "20"}
+        assert "good vs baseline" in judged.status
+        assert ": pass, score 100; awaiting promotion" in judged.status
+        assert 0.05 < judged.measured["baseline"] < 0.2
+        assert 0.1 < judged.measured["canary"] < 0.3
+        assert better.deployments == {APP: 4}
+        assert better.rates == {APP: "20"}
+        assert better.status.startswith("promoted")
+
+        failed, rejected, stable_before, stable_after = worse_version(story)
+        assert failed.deployments == BOTH
+        assert failed.rates == {APP: "20", f"{APP}-baseline": "20", f"{APP}-canary": "5"}
+        assert failed.status.startswith("failure: canary")
+        assert ": fail" in failed.status
+        assert rejected.deployments == {APP: 4}
+        assert rejected.rates == {APP: "20"}
+        assert rejected.status.startswith("rejected")
+        assert stable_after == stable_before  # a reject never touches stable
+
+        print(f"push → status: first canary {canary.seconds:.1f}s, promote "
+              f"{promoted.seconds:.1f}s, pass {judged.seconds:.1f}s, promote "
+              f"{better.seconds:.1f}s, fail {failed.seconds:.1f}s, revert {rejected.seconds:.1f}s")
+    finally:
+        story.down()
