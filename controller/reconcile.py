@@ -103,14 +103,15 @@ class Reconciler:
             return Result(None, error=str(error))
         outcomes = []
         seen: dict[str, str] = {}
+        by_path = {r.path: r for r in records.values() if r.path is not None}
         for folder in self.source.apps(head):
-            outcomes.append(self._reconcile_app(head, folder, records, seen))
+            outcomes.append(self._reconcile_app(head, folder, records, by_path.get(folder.path),
+                                                seen))
         return Result(head, tuple(outcomes))
 
     def _reconcile_app(self, head: Sha, folder: AppFolder, records: dict[AppName, Record],
-                       seen: dict[str, str]) -> Outcome:
+                       prior: Record | None, seen: dict[str, str]) -> Outcome:
         started = time.monotonic()
-        prior = next((r for r in records.values() if r.path == folder.path), None)
         if prior is not None and prior.observed_tree == folder.tree and prior.error is None \
                 and prior.phase is Phase.STABLE and not prior.unposted:
             seen[prior.app] = folder.path
