@@ -41,7 +41,7 @@ Where to look
     baseline and canary:    rate(requests_total{{pod=~"sampleapp-baseline-.*|sampleapp-canary-.*", custom_status="good"}}[1m])
   controller        http://127.0.0.1:{story.metrics_port}/metrics   (log: {story.state}/logs/controller.log)
   statuses          cd {story.clone} && git fetch origin refs/notes/gitops-canary:refs/notes/gitops-canary && git log --notes=gitops-canary
-  apps              KUBECONFIG={story.kubeconfig} python -m controller status --state-namespace {story.namespace}
+  apps              KUBECONFIG={story.kubeconfig} {REPO}/.venv/bin/gitops-canary status --state-namespace {story.namespace}
   kubectl           KUBECONFIG={story.kubeconfig} {STATE}/cluster/bin/kubectl -n {story.namespace} get deploy,pods -o wide""")  # noqa: E501
 
 
@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             f"first canary {canary.seconds:.1f}s, promote {promoted.seconds:.1f}s, "
             f"analysis pass {judged.seconds:.1f}s, promote {better.seconds:.1f}s, "
             f"analysis fail {failed.seconds:.1f}s, revert {rejected.seconds:.1f}s.")
-        say("\nThe statuses, as git shows them:")
+        say("\nThe statuses, as git shows them (git log --notes=gitops-canary):")
+        say("\n".join(f"   {line}" for line in story.notes_log().splitlines() if line))
+        say("\nThe app, as `gitops-canary status` shows it:")
         say(story.cli("status", "--state-namespace", story.namespace))
         where_to_look(story)
         if args.keep:

@@ -41,12 +41,12 @@ def git(cwd: Path, *args: str) -> str:
 class Timing:
     """Analysis timing written into canary.yaml: short for the test, longer for the demo."""
 
-    warmup: str = "20s"
+    warmup: str = "30s"
     interval: str = "10s"
     window: str = "1m"
     deadline: str = "3m"
     poll: str = "5s"
-    qps: float = 80.0
+    qps: float = 120.0
 
 
 @dataclass
@@ -140,7 +140,8 @@ class Story:
     def down(self) -> None:
         if self.load is not None:
             self.load.stop()
-        Supervisor(self.state).stop_all(["controller"])
+        # stop, not stop_all: the cluster and Prometheus also live under this state folder.
+        Supervisor(self.state).stop("controller")
         if self.runner is not None:
             self.runner.stop()
         if self.prometheus is not None:
@@ -198,6 +199,11 @@ class Story:
             return git(self.clone, "notes", "--ref=gitops-canary", "show", sha)
         except subprocess.CalledProcessError:
             return ""
+
+    def notes_log(self) -> str:
+        """`git log --notes=gitops-canary`, compact: each commit with the statuses on it."""
+        self.note("HEAD")  # fetches the notes ref
+        return git(self.clone, "log", "--notes=gitops-canary", "--format=%h %s%n%N")
 
     # --- watching ---------------------------------------------------------------------------
 
