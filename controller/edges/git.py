@@ -55,6 +55,7 @@ class GitRepo:
 
     def __init__(self, repo: git.Repo, token: str | None = None) -> None:
         self.repo = repo
+        self.where = str(repo.working_dir or repo.git_dir)  # named in error messages
         self._token = token
         self._env = {"GIT_TERMINAL_PROMPT": "0", **credentials_env(token)}
         self._apps_cache: dict[str, list[AppFolder]] = {}
@@ -74,7 +75,7 @@ class GitRepo:
         except git.GitCommandError as error:
             message = _redact(str(error.stderr or error).strip(), self._token)
             if args and args[0] in ("fetch", "push", "ls-remote"):
-                raise TransientError(f"git {args[0]}: {message}") from None
+                raise TransientError(f"git {args[0]} {self.where}: {message}") from None
             raise ApiError(f"git {' '.join(args[:2])}: {message}") from None
 
     def apps(self, head: Sha) -> list[AppFolder]:
@@ -137,6 +138,7 @@ class GitSource(GitRepo):
             workdir.mkdir(parents=True, exist_ok=True)
             repo = git.Repo.init(workdir, bare=True)
         super().__init__(repo, token)
+        self.where = self.url
         self._git("config", "remote.origin.url", self.url)
         # Notes are commits too: they need an author.
         self._git("config", "user.name", "gitops-canary")
@@ -145,17 +147,6 @@ class GitSource(GitRepo):
     @property
     def tracking_ref(self) -> str:
         return f"refs/remotes/origin/{self.branch}"
-
-    def _git(self, *args: str) -> str:
-        try:
-            with self.repo.git.custom_environment(**self._env):
-                out: str = self.repo.git.execute(["git", *args])
-                return out
-        except git.GitCommandError as error:
-            message = _redact(str(error.stderr or error).strip(), self._token)
-            if args and args[0] in ("fetch", "push", "ls-remote"):
-                raise TransientError(f"git {args[0]} {self.url}: {message}") from None
-            raise ApiError(f"git {' '.join(args[:2])}: {message}") from None
 
     def fetch(self) -> Sha:
         """Fetch the branch (and the status notes); return the head commit."""

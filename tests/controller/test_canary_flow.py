@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from kubernetes import client
 from controller.cli import main
 from controller.domain.types import LABEL_VERSION
 from tests.controller.conftest import Harness, deployment, git, new_reconciler, service
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -313,28 +313,20 @@ def test_the_controller_process_killed_mid_promotion_converges_after_restart(
             d = apps.read_namespaced_deployment("sampleapp", harness.namespace)
             return rate(d) == "20"
 
-        harness_wait(stable_moved, "stable to receive the new spec")
+        eventually(stable_moved, "stable to receive the new spec")
     finally:
         first.kill()
         first.wait(timeout=10)
     second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        harness_wait(lambda: only(harness, "sampleapp") is not None, "variants deleted")
-        harness_wait(lambda: "promoted" in harness.repo.note(change), "promoted status")
+        eventually(lambda: only(harness, "sampleapp") is not None, "variants deleted")
+        eventually(lambda: "promoted" in harness.repo.note(change), "promoted status")
     finally:
         second.terminate()
         second.wait(timeout=10)
     assert "rejected" not in harness.repo.note(change)
     assert rate(harness.deployments()["sampleapp"]) == "20"
 
-
-def harness_wait(condition: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_reject_returns_git_to_stable_across_several_canary_commits(

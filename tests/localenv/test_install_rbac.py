@@ -21,9 +21,8 @@ import dataclasses
 import json
 import re
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +44,7 @@ from controller.metrics import EVENTS, Metrics, serve
 from controller.reconcile import Outcome, Result
 from localcluster import prometheus as localprometheus
 from localcluster.processes import free_port
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROLLER_YML = REPO / "misc" / "install" / "controller.yml"
@@ -66,15 +66,6 @@ TRANSITIONS = {"canary_started", "verdict", "promoted", "rejected"}
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 # --- the install manifests --------------------------------------------------------------------

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -13,6 +11,8 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError
 
+from tests.waiting import eventually
+
 pytestmark = pytest.mark.cluster
 
 T = TypeVar("T")
@@ -20,16 +20,6 @@ LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 APP = {"app": "sampleapp"}
 
 
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def deployment(name: str, replicas: int) -> dict[str, Any]:

@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +27,7 @@ from localcluster.runner import (
     check_loopback,
     leftovers,
 )
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
@@ -37,16 +36,6 @@ APP = {"app": "sampleapp"}
 REPO = Path(__file__).resolve().parents[2]
 
 
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def deployment(name: str, replicas: int, container: dict[str, Any]) -> dict[str, Any]:
