@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from controller import __version__
@@ -35,10 +36,11 @@ from controller.domain.manifests import parse_manifests, select_files
 from controller.domain.policy import POLICY_FILE, parse_policy, refuse_unsupported
 from controller.domain.render import key_of, planned_objects
 from controller.domain.types import WORKLOAD_KINDS, AppName, KubeObject, Sha
+from controller.edges.forges import ForgeStatusSink, auth_headers, make_forge
 from controller.edges.git import GitRepo, GitSource
 from controller.edges.kube import Kube, connect
 from controller.edges.prometheus import Auth, Prometheus
-from controller.edges.statuses import GitNotesSink
+from controller.edges.statuses import GitNotesSink, StatusSink
 from controller.errors import CanaryError
 from controller.metrics import Metrics, serve
 from controller.reconcile import Reconciler
@@ -106,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="file holding an HTTPS token for the repository "
                           "(or $GITOPS_CANARY_GIT_TOKEN)")
     run.add_argument("--once", action="store_true", help="reconcile once and exit")
+    run.add_argument("--webhook-secret-file", default=None,
+                     help="file holding the push webhooks' secret (or "
+                          "$GITOPS_CANARY_WEBHOOK_SECRET); POST /webhook on --metrics-address")
+    run.add_argument("--forge", choices=("notes", "gitea", "forgejo", "github", "gitlab"),
+                     default=os.environ.get("GITOPS_CANARY_FORGE", "notes"),
+                     help="where commit statuses go (default: git notes, any git server)")
+    run.add_argument("--forge-url", default=os.environ.get("GITOPS_CANARY_FORGE_URL"),
+                     help="the forge's base URL, e.g. https://gitea.example.com")
+    run.add_argument("--forge-repo", default=os.environ.get("GITOPS_CANARY_FORGE_REPO"),
+                     help="owner/name (GitLab: the project id or path)")
+    run.add_argument("--forge-token-file", default=None,
+                     help="file holding the forge's API token (or $GITOPS_CANARY_FORGE_TOKEN)")
+    run.add_argument("--status-target-url", default="",
+                     help="a link for each status; {app}, {sha} and {context} are filled in")
     run.add_argument("--metrics-address",
                      default=os.environ.get("GITOPS_CANARY_METRICS_ADDRESS", "127.0.0.1:8088"),
                      help="HOST:PORT of /metrics, /healthz and /readyz (empty: off)")
@@ -172,25 +188,40 @@ def _run(args: argparse.Namespace) -> int:
         if args.namespaces else None
     kube = Kube(connect(args.kubeconfig), namespaces, frozenset(args.allow_cluster_kind),
                 args.state_namespace)
-    reconciler = Reconciler(source, kube, GitNotesSink(source), _prometheus(args))
+    reconciler = Reconciler(source, kube, _sink(args, source), _prometheus(args))
     if reconciler.prometheus is None:
         log.warning("no --prometheus-url: canaries wait for a person's judgment, unanalysed")
     if args.once:
         result = reconciler.reconcile()
         return 1 if result.error else 0
-    stop = threading.Event()
+    stop, wake = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     metrics = Metrics()
-    server = serve(metrics, args.metrics_address, args.interval) if args.metrics_address else None
+    secret = _secret(args.webhook_secret_file, "GITOPS_CANARY_WEBHOOK_SECRET")
+    server = serve(metrics, args.metrics_address, args.interval, on_push=wake.set,
+                   webhook_secret=secret) if args.metrics_address else None
     log.info("watching %s (branch %s) every %.0fs", source.url, args.branch, args.interval)
     try:
-        loop(reconciler, args.interval, stop, metrics=metrics)
+        loop(reconciler, args.interval, stop, wake=wake, metrics=metrics)
     finally:
         if server is not None:
             server.shutdown()
     log.info("stopped")
     return 0
+
+
+def _sink(args: argparse.Namespace, source: GitSource) -> StatusSink:
+    if args.forge == "notes":
+        return GitNotesSink(source)
+    token = _secret(args.forge_token_file, "GITOPS_CANARY_FORGE_TOKEN")
+    if not (args.forge_url and args.forge_repo and token):
+        raise CanaryError(f"--forge {args.forge} needs --forge-url, --forge-repo and a token "
+                          f"(--forge-token-file or $GITOPS_CANARY_FORGE_TOKEN)")
+    client = httpx.Client(base_url=args.forge_url.rstrip("/"), timeout=10.0,
+                          headers=auth_headers(args.forge, token))
+    return ForgeStatusSink(make_forge(args.forge, args.forge_repo), client,
+                           args.status_target_url)
 
 
 def _prometheus(args: argparse.Namespace) -> Prometheus | None:

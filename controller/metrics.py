@@ -1,4 +1,4 @@
-"""The controller's own metrics and health endpoints: /metrics, /healthz, /readyz.
+"""The controller's HTTP face: /metrics, /healthz, /readyz, and the push webhook receiver.
 
 Every reconcile's Result is turned into gauges and counters here, in one place: phases per app,
 the last analysis (verdict, score, per-metric baseline and canary values) and transition
@@ -9,8 +9,10 @@ reject).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,7 +27,10 @@ from prometheus_client import (
 
 from controller import __version__
 from controller.domain.types import Phase, StatusState
+from controller.domain.webhooks import Hook, classify
 from controller.reconcile import Result
+
+log = logging.getLogger(__name__)
 
 EVENTS = {  # (state, first word of the description) -> transition, for the dashboard
     (StatusState.PENDING, "canary"): "canary_started",
@@ -55,6 +60,8 @@ class Metrics:
                            ["app", "metric", "variant"], registry=r)
         self.p_value = Gauge("gitops_canary_metric_p_value", "p-value of the last comparison",
                              ["app", "metric"], registry=r)
+        self.webhooks = Counter("gitops_canary_webhooks", "Webhook requests by verdict",
+                                ["forge", "verdict"], registry=r)
         self.transitions = Counter("gitops_canary_transitions",
                                    "Canary events: canary_started, verdict, promoted, rejected",
                                    ["app", "event"], registry=r)
@@ -114,10 +121,39 @@ class Metrics:
             time.monotonic() - self.last_success < max(3 * interval, 60)
 
 
-def serve(metrics: Metrics, address: str, interval: float) -> ThreadingHTTPServer:
+MAX_WEBHOOK_BODY = 5 * 1024 * 1024
+
+
+def serve(metrics: Metrics, address: str, interval: float,
+          on_push: Callable[[], None] | None = None,
+          webhook_secret: str | None = None) -> ThreadingHTTPServer:
+    """Serve in a thread. POST /webhook wakes the loop (`on_push`) for a genuine push."""
     host, _, port = address.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            if self.path != "/webhook" or on_push is None:
+                self._send(404, b"not found\n")
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if not webhook_secret or length > MAX_WEBHOOK_BODY:
+                self._send(403 if not webhook_secret else 413,
+                           b"webhooks need --webhook-secret-file\n" if not webhook_secret
+                           else b"too large\n")
+                return
+            body = self.rfile.read(length)
+            forge, verdict = classify(dict(self.headers.items()), body, webhook_secret)
+            metrics.webhooks.labels(forge, str(verdict)).inc()
+            if verdict in (Hook.UNSIGNED, Hook.FORGED):
+                log.warning("webhook from %s refused: %s (%s)", self.client_address[0],
+                            verdict, forge)
+                self._send(401, f"{verdict}\n".encode())
+                return
+            if verdict is Hook.ACCEPTED:
+                log.info("push webhook from %s: reconciling now", forge)
+                on_push()
+            self._send(202 if verdict is Hook.ACCEPTED else 200, f"{verdict}\n".encode())
+
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)

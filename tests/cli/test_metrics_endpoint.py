@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -58,3 +61,41 @@ def test_a_failed_reconcile_is_counted_and_not_ready(served: tuple[Metrics, str]
     metrics.observe(Result(None, error="git fetch: unreachable"), 0.5)
     assert httpx.get(f"{url}/readyz").status_code == 503
     assert 'gitops_canary_reconciles_total{result="error"} 1.0' in httpx.get(f"{url}/metrics").text
+
+
+def test_the_webhook_receiver_wakes_on_genuine_pushes_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    secret, body = "hook-secret", b'{"ref": "refs/heads/main"}'
+    woken = threading.Event()
+    metrics, port = Metrics(), free_port()
+    server = serve(metrics, f"127.0.0.1:{port}", 30, on_push=woken.set, webhook_secret=secret)
+    url = f"http://127.0.0.1:{port}/webhook"
+    try:
+        forged = httpx.post(url, content=body, headers={
+            "X-Gitea-Event": "push", "X-Gitea-Signature": "0" * 64})
+        assert forged.status_code == 401
+        assert not woken.is_set()
+        assert secret not in caplog.text
+        signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        genuine = httpx.post(url, content=body, headers={
+            "X-Gitea-Event": "push", "X-Gitea-Signature": signature})
+        assert genuine.status_code == 202
+        assert woken.is_set()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'gitops_canary_webhooks_total{forge="gitea",verdict="forged"} 1.0' in text
+        assert 'gitops_canary_webhooks_total{forge="gitea",verdict="accepted"} 1.0' in text
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_without_a_secret_webhooks_are_refused() -> None:
+    port = free_port()
+    server = serve(Metrics(), f"127.0.0.1:{port}", 30, on_push=lambda: None)
+    try:
+        response = httpx.post(f"http://127.0.0.1:{port}/webhook", content=b"{}",
+                              headers={"X-Gitea-Event": "push", "X-Gitea-Signature": "x"})
+        assert response.status_code == 403
+    finally:
+        server.shutdown()
+        server.server_close()
