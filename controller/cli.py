@@ -33,7 +33,12 @@ from controller.analysis import analyze
 from controller.apps import AppReader
 from controller.domain.judge import judge, parse_input, summary, to_json
 from controller.domain.manifests import parse_manifests, select_files
-from controller.domain.policy import POLICY_FILE, parse_policy, refuse_unsupported
+from controller.domain.policy import (
+    POLICY_FILE,
+    parse_policy,
+    refuse_unsupported,
+    with_approval,
+)
 from controller.domain.render import key_of, planned_objects
 from controller.domain.types import WORKLOAD_KINDS, AppName, KubeObject, Sha
 from controller.edges.forges import ForgeStatusSink, auth_headers, make_forge
@@ -43,6 +48,7 @@ from controller.edges.prometheus import Auth, Prometheus
 from controller.edges.statuses import GitNotesSink, StatusSink
 from controller.errors import CanaryError
 from controller.metrics import Metrics, serve
+from controller.promotions import PromotionRequests
 from controller.reconcile import Reconciler
 from controller.run import loop
 
@@ -120,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="owner/name (GitLab: the project id or path)")
     run.add_argument("--forge-token-file", default=None,
                      help="file holding the forge's API token (or $GITOPS_CANARY_FORGE_TOKEN)")
+    run.add_argument("--promote-pr", choices=("off", "pass", "always"),
+                     default=os.environ.get("GITOPS_CANARY_PROMOTE_PR", "pass"),
+                     help="with a forge: open a promote pull request when the analysis passes "
+                          "(default), also when it fails (always), or never (off)")
     run.add_argument("--status-target-url", default="",
                      help="a link for each status; {app}, {sha} and {context} are filled in")
     run.add_argument("--metrics-address",
@@ -188,7 +198,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.namespaces else None
     kube = Kube(connect(args.kubeconfig), namespaces, frozenset(args.allow_cluster_kind),
                 args.state_namespace)
-    reconciler = Reconciler(source, kube, _sink(args, source), _prometheus(args))
+    sink, promotions = _forge(args, source)
+    reconciler = Reconciler(source, kube, sink, _prometheus(args), promotions=promotions,
+                            propose_on_failure=args.promote_pr == "always")
     if reconciler.prometheus is None:
         log.warning("no --prometheus-url: canaries wait for a person's judgment, unanalysed")
     if args.once:
@@ -211,17 +223,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sink(args: argparse.Namespace, source: GitSource) -> StatusSink:
+def _forge(args: argparse.Namespace,
+           source: GitSource) -> tuple[StatusSink, PromotionRequests | None]:
     if args.forge == "notes":
-        return GitNotesSink(source)
+        return GitNotesSink(source), None
     token = _secret(args.forge_token_file, "GITOPS_CANARY_FORGE_TOKEN")
     if not (args.forge_url and args.forge_repo and token):
         raise CanaryError(f"--forge {args.forge} needs --forge-url, --forge-repo and a token "
                           f"(--forge-token-file or $GITOPS_CANARY_FORGE_TOKEN)")
     client = httpx.Client(base_url=args.forge_url.rstrip("/"), timeout=10.0,
                           headers=auth_headers(args.forge, token))
-    return ForgeStatusSink(make_forge(args.forge, args.forge_repo), client,
-                           args.status_target_url)
+    forge = make_forge(args.forge, args.forge_repo)
+    promotions = None if args.promote_pr == "off" else PromotionRequests(forge, client, source)
+    return ForgeStatusSink(forge, client, args.status_target_url), promotions
 
 
 def _prometheus(args: argparse.Namespace) -> Prometheus | None:
@@ -353,13 +367,7 @@ def _canary_of(args: argparse.Namespace) -> tuple[GitRepo, AppReader, Path, Sha]
 
 def _promote(args: argparse.Namespace) -> int:
     repo, _, policy_path, revision = _canary_of(args)
-    text = policy_path.read_text()
-    line = f'promote: "{revision}"'
-    if re.search(r"(?m)^promote:.*$", text):
-        text = re.sub(r"(?m)^promote:.*$", line, text)
-    else:
-        text = text.rstrip("\n") + ("\n" if text.strip() else "") + line + "\n"
-    policy_path.write_text(text)
+    policy_path.write_text(with_approval(policy_path.read_text(), revision))
     repo.repo.index.add([str(policy_path)])
     commit = repo.repo.index.commit(f"Promote {args.app} canary {revision[:7]}\n\n"
                                     f"Approves the canary of {revision} (gitops-canary).")

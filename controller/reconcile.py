@@ -54,6 +54,7 @@ from controller.edges.kube import Kube, rollout_ready
 from controller.edges.prometheus import Prometheus
 from controller.edges.statuses import StatusSink
 from controller.errors import CanaryError, InputError, TransientError
+from controller.promotions import PromotionRequests
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,12 @@ class Result:
 class Reconciler:
     def __init__(self, source: GitSource, kube: Kube, sink: StatusSink,
                  prometheus: Prometheus | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 promotions: PromotionRequests | None = None,
+                 propose_on_failure: bool = False) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
         self.prometheus = prometheus
+        self.promotions, self.propose_on_failure = promotions, propose_on_failure
         self.reader = AppReader(source)
 
     # --- the loop body ----------------------------------------------------------------------
@@ -132,6 +136,7 @@ class Reconciler:
             observation, rendered = self._observe(head, folder, desired, record, now)
             decision = advance(record, observation, now)
             outcome = self._act(app, record, decision, rendered, desired)
+            self._requests(app, head, folder, decision, outcome.record)
         except TransientError as error:
             log.warning("app %s: %s (retrying on the next reconcile)", app, error)
             return Outcome(app, record)
@@ -197,6 +202,7 @@ class Reconciler:
             variant_replicas=variant_replicas(replicas[0] if replicas else None,
                                               policy.percentage),
             analysis_enabled=self.prometheus is not None,
+            propose_on_failure=self.propose_on_failure,
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )
@@ -247,6 +253,25 @@ class Reconciler:
             self.kube.save_record(new_record)
         return Outcome(app, new_record, decision.actions)
 
+    def _requests(self, app: AppName, head: Sha, folder: AppFolder, decision: Decision,
+                  record: Record) -> None:
+        """Promote pull requests, once the statuses they quote are posted. A forge that refuses
+        one is logged; the canary itself is not held up by it."""
+        if self.promotions is None:
+            return
+        try:
+            for action in decision.actions:
+                if action is Action.PROPOSE_PROMOTION and record.canary_revision is not None:
+                    status = record.last_status.description if record.last_status else ""
+                    self.promotions.propose(app, folder.path, head, record.canary_revision,
+                                            status, record.analysis)
+                elif action is Action.WITHDRAW_PROMOTION:
+                    reason = decision.statuses[0].description if decision.statuses \
+                        else "the canary is gone"
+                    self.promotions.withdraw(app, reason)
+        except CanaryError as error:
+            log.error("app %s: promote request: %s", app, error)
+
     def _perform(self, action: Action, rendered: Rendered, policy: Policy) -> None:
         if action is Action.APPLY_STABLE:
             self.kube.apply([*rendered.passthrough, *rendered.deferred, *rendered.stable])
@@ -259,3 +284,4 @@ class Reconciler:
         elif action is Action.DELETE_VARIANTS:
             for obj in self.kube.variants(policy.namespace, policy.app):
                 self.kube.delete(key_of(obj))
+        # Promote requests are handled by _requests, after the statuses they quote.

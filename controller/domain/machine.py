@@ -82,6 +82,7 @@ class Observation:
     variant_replicas: int = 0
     analysis: Judgement | None = None  # a judgement made just now (when analysis_due said so)
     analysis_enabled: bool = True  # False when the controller has no Prometheus to ask
+    propose_on_failure: bool = False  # open a promote request for a failed canary too
     warmup: float = 0.0
     deadline: float = 0.0
 
@@ -90,6 +91,8 @@ class Action(StrEnum):
     APPLY_STABLE = "apply-stable"  # pass-through objects, deferred configs and stable workloads
     APPLY_VARIANTS = "apply-variants"  # pass-through objects, baseline and canary
     DELETE_VARIANTS = "delete-variants"
+    PROPOSE_PROMOTION = "propose-promotion"  # open/update the promote pull request (forges)
+    WITHDRAW_PROMOTION = "withdraw-promotion"  # close it: superseded, rejected, or done
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def _promote(record: Record, obs: Observation, how: str) -> Decision:
     statuses = []
     old = record.canary_revision
     if how == "rollback" and old is not None and record.canary_fingerprint != obs.fingerprint:
-        actions.append(Action.DELETE_VARIANTS)
+        actions += [Action.DELETE_VARIANTS, Action.WITHDRAW_PROMOTION]
         statuses.append(StatusNote(old, StatusState.ERROR,
                                    f"superseded: {_short(obs.revision)} rolled stable back"))
     words = {"promote": "promoting: applying the canary's spec to stable",
@@ -190,7 +193,8 @@ def _finish_promotion(record: Record, obs: Observation) -> Decision:
         record, phase=Phase.STABLE, promoting=None, canary_revision=None, canary_fingerprint=None,
         canary_started=None, first_deployment=False, stable_revision=revision, ready_at=None,
         last_analysis=None)
-    actions = (Action.DELETE_VARIANTS,) if obs.variants_present else ()
+    actions = ((Action.DELETE_VARIANTS,) if obs.variants_present else ()) + (
+        Action.WITHDRAW_PROMOTION,)
     return Decision(done, actions, (StatusNote(revision, StatusState.SUCCESS,
                                                words[record.promoting or "promote"]),))
 
@@ -205,7 +209,8 @@ def _at_stable(record: Record, obs: Observation) -> Decision:
             statuses = (StatusNote(record.canary_revision, StatusState.FAILURE,
                                    f"rejected: git is back at stable's spec "
                                    f"({_short(obs.revision)}); baseline and canary deleted"),)
-        actions = (Action.DELETE_VARIANTS,) if obs.variants_present else ()
+        actions = ((Action.DELETE_VARIANTS,) if obs.variants_present else ()) + (
+            Action.WITHDRAW_PROMOTION,)
         return Decision(stable, actions, statuses)
     # Git changed only what does not restart pods (replicas, pass-through objects): apply it.
     changed = record.observed_tree != obs.tree
@@ -226,12 +231,15 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
                               f"to stable {obs.stable_replicas}")
         statuses.append(StatusNote(obs.revision, StatusState.PENDING, f"canary deployed: {what}"))
         started = record.canary_started if record.canary_fingerprint == obs.fingerprint else now
+        replaced = record.canary_revision is not None and \
+            record.canary_fingerprint != obs.fingerprint
         return Decision(
             dataclasses.replace(record, phase=Phase.PROGRESSING, canary_revision=obs.revision,
                                 canary_fingerprint=obs.fingerprint, canary_started=started,
                                 first_deployment=first, ready_at=None, last_analysis=None,
                                 analysis=None),
-            (Action.APPLY_VARIANTS,), tuple(statuses))
+            (Action.APPLY_VARIANTS, *((Action.WITHDRAW_PROMOTION,) if replaced else ())),
+            tuple(statuses))
 
     actions = (Action.APPLY_VARIANTS,) if record.observed_tree != obs.tree else ()
     moved = record.canary_revision != obs.revision  # same spec under a rewritten sha
@@ -240,7 +248,8 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
         if not obs.variants_ready:
             return Decision(record, actions)
         if first:
-            return Decision(dataclasses.replace(record, phase=Phase.AWAITING), actions,
+            return Decision(dataclasses.replace(record, phase=Phase.AWAITING),
+                            (*actions, Action.PROPOSE_PROMOTION),
                             (_awaiting(obs.revision, "first deployment, nothing to compare "
                                                      "against"),))
         if not obs.analysis_enabled:  # no Prometheus: a person compares, as in the seed
@@ -274,16 +283,18 @@ def _judged(record: Record, obs: Observation, judgement: Judgement, now: float,
     started = (record.ready_at or now) + obs.warmup
     overdue = now >= started + obs.deadline
     if judgement.verdict is Verdict.PASS:
-        return Decision(dataclasses.replace(record, phase=Phase.AWAITING), actions,
+        return Decision(dataclasses.replace(record, phase=Phase.AWAITING),
+                        (*actions, Action.PROPOSE_PROMOTION),
                         (StatusNote(obs.revision, StatusState.SUCCESS,
                                     f"{text}; awaiting promotion"),))
+    propose = (Action.PROPOSE_PROMOTION,) if obs.propose_on_failure else ()
     if judgement.verdict is Verdict.FAIL:
-        return Decision(dataclasses.replace(record, phase=Phase.FAILED), actions,
+        return Decision(dataclasses.replace(record, phase=Phase.FAILED), (*actions, *propose),
                         (StatusNote(obs.revision, StatusState.FAILURE, text),))
     if overdue:
         state = (StatusState.FAILURE if judgement.verdict is Verdict.MARGINAL
                  else StatusState.ERROR)
-        return Decision(dataclasses.replace(record, phase=Phase.FAILED), actions,
+        return Decision(dataclasses.replace(record, phase=Phase.FAILED), (*actions, *propose),
                         (StatusNote(obs.revision, state, f"{text} at the deadline"),))
     return Decision(record, actions,
                     (StatusNote(obs.revision, StatusState.PENDING, f"{text}; analysing"),))

@@ -288,3 +288,12 @@ def refuse_unsupported(file: str, policy: Policy) -> None:
                          "authenticated approval is not enforced by this version; remove it")
     if policy.judgment == "auto":
         raise InputError(file, "judgment", "judgment: auto is not supported by this version")
+
+
+def with_approval(text: str, revision: str) -> str:
+    """The canary.yaml text with `promote: "<revision>"`, replacing any earlier approval and
+    keeping everything else (comments included) as it was."""
+    line = f'promote: "{revision}"'
+    if re.search(r"(?m)^promote:.*$", text):
+        return re.sub(r"(?m)^promote:.*$", line, text)
+    return text.rstrip("\n") + ("\n" if text.strip() else "") + line + "\n"

@@ -31,8 +31,25 @@ class Status:
     description: str
 
 
+@dataclass(frozen=True)
+class PullRequest:
+    number: int
+    url: str
+
+
 class Forge(Protocol):
     name: str
+
+    def find_pr(self, client: httpx.Client, branch: str) -> PullRequest | None:
+        """The open pull (merge) request from `branch`, if any."""
+        ...
+
+    def open_pr(self, client: httpx.Client, branch: str, base: str, title: str,
+                body: str) -> PullRequest: ...
+
+    def update_pr(self, client: httpx.Client, pr: PullRequest, title: str, body: str) -> None: ...
+
+    def close_pr(self, client: httpx.Client, pr: PullRequest, comment: str) -> None: ...
 
     def state(self, state: StatusState) -> str:
         """Our state in the forge's words."""
@@ -81,6 +98,36 @@ class GiteaLike:
                        s.get("description") or "") for s in _newest_first(response.json())]
 
 
+    def find_pr(self, client: httpx.Client, branch: str) -> PullRequest | None:
+        response = _check(client.get(f"{self.prefix}/repos/{self.repo}/pulls",
+                                     params={"state": "open", "limit": 50, "per_page": 50}),
+                          f"{self.name}: listing pull requests")
+        for pr in response.json():
+            if (pr.get("head") or {}).get("ref") == branch:
+                return PullRequest(int(pr["number"]), str(pr.get("html_url", "")))
+        return None
+
+    def open_pr(self, client: httpx.Client, branch: str, base: str, title: str,
+                body: str) -> PullRequest:
+        pr = _check(client.post(f"{self.prefix}/repos/{self.repo}/pulls", json={
+            "title": title, "body": body, "head": branch, "base": base}),
+            f"{self.name}: opening a pull request from {branch}").json()
+        return PullRequest(int(pr["number"]), str(pr.get("html_url", "")))
+
+    def update_pr(self, client: httpx.Client, pr: PullRequest, title: str, body: str) -> None:
+        _check(client.patch(f"{self.prefix}/repos/{self.repo}/pulls/{pr.number}",
+                            json={"title": title, "body": body}),
+               f"{self.name}: updating pull request #{pr.number}")
+
+    def close_pr(self, client: httpx.Client, pr: PullRequest, comment: str) -> None:
+        _check(client.post(f"{self.prefix}/repos/{self.repo}/issues/{pr.number}/comments",
+                           json={"body": comment}),
+               f"{self.name}: commenting on pull request #{pr.number}")
+        _check(client.patch(f"{self.prefix}/repos/{self.repo}/pulls/{pr.number}",
+                            json={"state": "closed"}),
+               f"{self.name}: closing pull request #{pr.number}")
+
+
 class GitLab:
     """GitLab: `POST /projects/:id/statuses/:sha`, states pending/running/success/failed."""
 
@@ -110,6 +157,35 @@ class GitLab:
             f"gitlab: reading the statuses of {sha[:7]}")
         return [Status(s["name"], s["status"], s.get("description") or "")
                 for s in _newest_first(response.json())]
+
+    def _mrs(self) -> str:
+        return f"{self.prefix}/projects/{self.project}/merge_requests"
+
+    def find_pr(self, client: httpx.Client, branch: str) -> PullRequest | None:
+        response = _check(client.get(self._mrs(), params={"state": "opened",
+                                                          "source_branch": branch}),
+                          "gitlab: listing merge requests")
+        found = response.json()
+        return PullRequest(int(found[0]["iid"]), str(found[0].get("web_url", ""))) \
+            if found else None
+
+    def open_pr(self, client: httpx.Client, branch: str, base: str, title: str,
+                body: str) -> PullRequest:
+        mr = _check(client.post(self._mrs(), json={
+            "source_branch": branch, "target_branch": base, "title": title,
+            "description": body}), f"gitlab: opening a merge request from {branch}").json()
+        return PullRequest(int(mr["iid"]), str(mr.get("web_url", "")))
+
+    def update_pr(self, client: httpx.Client, pr: PullRequest, title: str, body: str) -> None:
+        _check(client.put(f"{self._mrs()}/{pr.number}", json={"title": title,
+                                                               "description": body}),
+               f"gitlab: updating merge request !{pr.number}")
+
+    def close_pr(self, client: httpx.Client, pr: PullRequest, comment: str) -> None:
+        _check(client.post(f"{self._mrs()}/{pr.number}/notes", json={"body": comment}),
+               f"gitlab: commenting on merge request !{pr.number}")
+        _check(client.put(f"{self._mrs()}/{pr.number}", json={"state_event": "close"}),
+               f"gitlab: closing merge request !{pr.number}")
 
 
 def _newest_first(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

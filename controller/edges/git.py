@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,29 @@ class GitSource(GitRepo):
             self._git("fetch", "--no-tags", "origin", f"+{NOTES_REF}:{NOTES_REF}")
         elif self._git("for-each-ref", NOTES_REF).strip():
             self._git("update-ref", "-d", NOTES_REF)
+
+    def read_file(self, commit: Sha, path: str) -> str:
+        blob = self.repo.commit(commit).tree / path
+        return str(blob.data_stream.read().decode("utf-8"))
+
+    def commit_file(self, base: Sha, path: str, text: str, message: str) -> Sha:
+        """A commit on top of `base` that changes one file, made without a work tree (the
+        mirror is bare): a temporary index, write-tree, commit-tree."""
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**self._env, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            with self.repo.git.custom_environment(**env):
+                git_ = self.repo.git
+                git_.read_tree(base)
+                content = Path(tmp) / "content"
+                content.write_text(text)
+                blob = git_.hash_object("-w", str(content))
+                git_.update_index("--add", "--cacheinfo", f"100644,{blob},{path}")
+                tree = git_.write_tree()
+                commit = git_.commit_tree(tree, "-p", base, "-m", message)
+        return Sha(str(commit))
+
+    def push_branch(self, commit: Sha, branch: str) -> None:
+        self._git("push", "--force", "origin", f"{commit}:refs/heads/{branch}")
 
     # Git notes: the default commit-status sink writes through these.
     def read_note(self, sha: Sha) -> str:
