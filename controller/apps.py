@@ -70,6 +70,26 @@ class AppReader:
         raise InputError(POLICY_FILE, "app", f"no app named {app} (found: "
                                              f"{', '.join(names) or 'none'})")
 
+    def approval_commit(self, head: Sha, folder: AppFolder, approval: str) -> Sha | None:
+        """The commit that brought the current `promote:` value into the branch: on the
+        branch's first-parent line, the newest change to canary.yaml before which the value was
+        something else (for a merged pull request, the merge: the person who merged it)."""
+        path = f"{folder.path}/{POLICY_FILE}" if folder.path else POLICY_FILE
+        for sha in self.repo.first_parent_changes(head, path):
+            parent = self.repo.first_parent(sha)
+            if parent is None or self._promote_at(parent, folder) != approval:
+                return sha
+        return None
+
+    def _promote_at(self, commit: Sha, folder: AppFolder) -> str | None:
+        tree = self.repo.folder_tree(commit, folder.path)
+        if tree is None:
+            return None
+        try:
+            return self.parse(folder, tree)[0].promote
+        except InputError:
+            return None
+
     def _fingerprint_of(self, folder: AppFolder, tree: str) -> Fingerprint | None:
         if tree not in self._fingerprints:
             try:

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                      default=os.environ.get("GITOPS_CANARY_PROMOTE_PR", "pass"),
                      help="with a forge: open a promote pull request when the analysis passes "
                           "(default), also when it fails (always), or never (off)")
+    run.add_argument("--allowed-signers", type=Path, default=None,
+                     help="SSH allowed-signers file: the keys whose signed approvals count "
+                          "for apps with requireSignedApproval")
     run.add_argument("--status-target-url", default="",
                      help="a link for each status; {app}, {sha} and {context} are filled in")
     run.add_argument("--metrics-address",
@@ -200,7 +203,8 @@ def _run(args: argparse.Namespace) -> int:
                 args.state_namespace)
     sink, promotions = _forge(args, source)
     reconciler = Reconciler(source, kube, sink, _prometheus(args), promotions=promotions,
-                            propose_on_failure=args.promote_pr == "always")
+                            propose_on_failure=args.promote_pr == "always",
+                            allowed_signers=args.allowed_signers)
     if reconciler.prometheus is None:
         log.warning("no --prometheus-url: canaries wait for a person's judgment, unanalysed")
     if args.once:

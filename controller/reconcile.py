@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from controller.analysis import analyze
 from controller.apps import AppReader, Desired
@@ -90,10 +91,12 @@ class Reconciler:
                  prometheus: Prometheus | None = None,
                  clock: Callable[[], float] = time.time,
                  promotions: PromotionRequests | None = None,
-                 propose_on_failure: bool = False) -> None:
+                 propose_on_failure: bool = False,
+                 allowed_signers: Path | None = None) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
         self.prometheus = prometheus
         self.promotions, self.propose_on_failure = promotions, propose_on_failure
+        self.allowed_signers = allowed_signers
         self.reader = AppReader(source)
 
     # --- the loop body ----------------------------------------------------------------------
@@ -203,6 +206,7 @@ class Reconciler:
                                               policy.percentage),
             analysis_enabled=self.prometheus is not None,
             propose_on_failure=self.propose_on_failure,
+            approval_refused=self._approval_refused(head, desired),
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )
@@ -211,6 +215,31 @@ class Reconciler:
                                 since=record.ready_at)
             observation = dataclasses.replace(observation, analysis=judgement)
         return observation, rendered
+
+    def _approval_refused(self, head: Sha, desired: Desired) -> str | None:
+        """Why the approval of this canary does not count, when canary.yaml asks for
+        `approvers` or `requireSignedApproval`; None when it counts (or there is none)."""
+        policy = desired.policy
+        if not policy.promote or not desired.revision.startswith(policy.promote):
+            return None
+        if not (policy.approvers or policy.require_signed_approval):
+            return None
+        commit = self.reader.approval_commit(head, desired.folder, policy.promote)
+        if commit is None:
+            return "approval refused: the commit that added it was not found"
+        if policy.approvers:
+            email = self.source.author_email(commit)
+            if email.lower() not in {a.lower() for a in policy.approvers}:
+                return (f"approval refused: {commit[:7]} is by {email}, not one of the "
+                        f"approvers of canary.yaml")
+        if policy.require_signed_approval:
+            if self.allowed_signers is None:
+                return ("approval refused: requireSignedApproval, but the controller has no "
+                        "--allowed-signers file")
+            if not self.source.signature_verified(commit, self.allowed_signers):
+                return (f"approval refused: {commit[:7]} has no valid signature of an allowed "
+                        f"key")
+        return None
 
     # --- act and record ---------------------------------------------------------------------
 

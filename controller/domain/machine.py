@@ -83,6 +83,7 @@ class Observation:
     analysis: Judgement | None = None  # a judgement made just now (when analysis_due said so)
     analysis_enabled: bool = True  # False when the controller has no Prometheus to ask
     propose_on_failure: bool = False  # open a promote request for a failed canary too
+    approval_refused: str | None = None  # the approval is not by an approver / not signed
     warmup: float = 0.0
     deadline: float = 0.0
 
@@ -127,6 +128,12 @@ def _short(sha: str | None) -> str:
 
 def advance(record: Record, obs: Observation, now: float) -> Decision:
     decision = _decide(record, obs, now)
+    refusal = obs.approval_refused
+    if refusal and obs.problem is None and (record.last_status is None
+                                            or record.last_status.description != refusal):
+        # An unauthorised approval changes nothing but the status that says so.
+        decision = dataclasses.replace(decision, statuses=(
+            *decision.statuses, StatusNote(obs.revision, StatusState.ERROR, refusal)))
     new = dataclasses.replace(decision.record, observed_tree=obs.tree)
     if decision.statuses:
         new = dataclasses.replace(new, last_status=decision.statuses[-1])
@@ -144,7 +151,8 @@ def _decide(record: Record, obs: Observation, now: float) -> Decision:
     if record.phase is Phase.PROMOTING and record.canary_fingerprint == fp:
         return _finish_promotion(record, obs)
 
-    approved = obs.approval is not None and rev.startswith(obs.approval)
+    approved = obs.approval is not None and rev.startswith(obs.approval) and \
+        obs.approval_refused is None
     if not obs.stable_exists:
         if obs.bootstrap_direct:
             return _promote(record, obs, "direct")

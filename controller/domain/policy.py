@@ -283,9 +283,6 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
 
 def refuse_unsupported(file: str, policy: Policy) -> None:
     """Fields of the schema whose enforcement is not built yet: refuse rather than pretend."""
-    if policy.approvers or policy.require_signed_approval:
-        raise InputError(file, "approvers" if policy.approvers else "requireSignedApproval",
-                         "authenticated approval is not enforced by this version; remove it")
     if policy.judgment == "auto":
         raise InputError(file, "judgment", "judgment: auto is not supported by this version")
 

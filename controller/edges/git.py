@@ -126,6 +126,25 @@ class GitRepo:
     def author_email(self, sha: Sha) -> str:
         return str(self.repo.commit(sha).author.email)
 
+    def first_parent_changes(self, head: Sha, path: str) -> list[Sha]:
+        """Commits of the branch's own line (merges, not the merged branches' commits) that
+        changed `path`, newest first: who brought a change into the branch."""
+        return [Sha(s) for s in
+                self._git("rev-list", "--first-parent", head, "--", path).split()]
+
+    def first_parent(self, sha: Sha) -> Sha | None:
+        parents = self.repo.commit(sha).parents
+        return Sha(parents[0].hexsha) if parents else None
+
+    def signature_verified(self, sha: Sha, allowed_signers: Path) -> bool:
+        """Is the commit signed by a key of the allowed-signers file (SSH signatures)?"""
+        try:
+            self._git("-c", f"gpg.ssh.allowedSignersFile={allowed_signers}",
+                      "verify-commit", sha)
+        except ApiError:
+            return False
+        return True
+
 
 class GitSource(GitRepo):
     """The controller's bare mirror of the tracked branch of a repository URL or path."""

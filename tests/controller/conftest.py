@@ -132,10 +132,10 @@ class Harness:
 
 
 def new_reconciler(remote: Path, workdir: Path, api: client.ApiClient,
-                   namespace: str) -> Reconciler:
+                   namespace: str, allowed_signers: Path | None = None) -> Reconciler:
     source = GitSource(str(remote), "main", workdir)
     kube = Kube(api, frozenset({namespace}), state_namespace=namespace)
-    return Reconciler(source, kube, GitNotesSink(source))
+    return Reconciler(source, kube, GitNotesSink(source), allowed_signers=allowed_signers)
 
 
 @pytest.fixture
