@@ -36,7 +36,6 @@ from controller.domain.manifests import parse_manifests, select_files
 from controller.domain.policy import (
     POLICY_FILE,
     parse_policy,
-    refuse_unsupported,
     with_approval,
 )
 from controller.domain.render import key_of, planned_objects
@@ -133,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allowed-signers", type=Path, default=None,
                      help="SSH allowed-signers file: the keys whose signed approvals count "
                           "for apps with requireSignedApproval")
+    run.add_argument("--commit-author", default="gitops-canary <gitops-canary@localhost>",
+                     help="NAME <EMAIL> of the controller's own commits (promote requests, "
+                          "judgment: auto)")
     run.add_argument("--status-target-url", default="",
                      help="a link for each status; {app}, {sha} and {context} are filled in")
     run.add_argument("--metrics-address",
@@ -197,6 +199,10 @@ def _run(args: argparse.Namespace) -> int:
         hashlib.sha256(f"{url}#{args.branch}".encode()).hexdigest()[:16]
     token = _secret(args.git_token_file, "GITOPS_CANARY_GIT_TOKEN")
     source = GitSource(url, args.branch, workdir, token)
+    name, _, email = args.commit_author.partition("<")
+    source.author = {key: value for kind in ("AUTHOR", "COMMITTER")
+                     for key, value in ((f"GIT_{kind}_NAME", name.strip()),
+                                        (f"GIT_{kind}_EMAIL", email.rstrip("> ").strip()))}
     namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip()) \
         if args.namespaces else None
     kube = Kube(connect(args.kubeconfig), namespaces, frozenset(args.allow_cluster_kind),
@@ -304,7 +310,6 @@ def _render(args: argparse.Namespace) -> int:
               f"{POLICY_FILE})", file=sys.stderr)
         return 2
     policy = parse_policy(policy_file.read_text(), str(policy_file), folder.resolve().name)
-    refuse_unsupported(str(policy_file), policy)
     names = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
     manifests = parse_manifests({str(folder / n): (folder / n).read_text()
                                  for n in select_files(names, policy)}, policy)

@@ -28,7 +28,7 @@ from controller.domain.machine import (
     analysis_due,
     analysis_due_at,
 )
-from controller.domain.policy import POLICY_FILE, Policy, refuse_unsupported
+from controller.domain.policy import POLICY_FILE, Policy, with_approval
 from controller.domain.render import (
     Key,
     Rendered,
@@ -54,7 +54,7 @@ from controller.edges.git import AppFolder, GitSource
 from controller.edges.kube import Kube, rollout_ready
 from controller.edges.prometheus import Prometheus
 from controller.edges.statuses import StatusSink
-from controller.errors import CanaryError, InputError, TransientError
+from controller.errors import ApiError, CanaryError, InputError, TransientError
 from controller.promotions import PromotionRequests
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class Reconciler:
             observation, rendered = self._observe(head, folder, desired, record, now)
             decision = advance(record, observation, now)
             outcome = self._act(app, record, decision, rendered, desired)
-            self._requests(app, head, folder, decision, outcome.record)
+            self._follow_up(app, head, folder, decision, outcome.record)
         except TransientError as error:
             log.warning("app %s: %s (retrying on the next reconcile)", app, error)
             return Outcome(app, record)
@@ -153,9 +153,7 @@ class Reconciler:
     # --- observe ----------------------------------------------------------------------------
 
     def _desired(self, head: Sha, folder: AppFolder) -> Desired:
-        desired = self.reader.desired(head, folder)
-        refuse_unsupported(f"{folder.path}/{POLICY_FILE}", desired.policy)
-        return desired
+        return self.reader.desired(head, folder)
 
     def _observe(self, head: Sha, folder: AppFolder, desired: Desired | InputError,
                  record: Record, now: float) -> tuple[Observation, Rendered | None]:
@@ -207,6 +205,7 @@ class Reconciler:
             analysis_enabled=self.prometheus is not None,
             propose_on_failure=self.propose_on_failure,
             approval_refused=self._approval_refused(head, desired),
+            judgment_auto=policy.judgment == "auto",
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )
@@ -282,15 +281,20 @@ class Reconciler:
             self.kube.save_record(new_record)
         return Outcome(app, new_record, decision.actions)
 
-    def _requests(self, app: AppName, head: Sha, folder: AppFolder, decision: Decision,
-                  record: Record) -> None:
-        """Promote pull requests, once the statuses they quote are posted. A forge that refuses
-        one is logged; the canary itself is not held up by it."""
-        if self.promotions is None:
-            return
-        try:
-            for action in decision.actions:
-                if action is Action.PROPOSE_PROMOTION and record.canary_revision is not None:
+    def _follow_up(self, app: AppName, head: Sha, folder: AppFolder, decision: Decision,
+                   record: Record) -> None:
+        """What follows the statuses: promote pull requests, and with `judgment: auto` the
+        approval or revert commit. A forge or push that refuses is logged; the commits are
+        proposed again on the next reconcile, the canary is not held up."""
+        for action in decision.actions:
+            try:
+                if action is Action.COMMIT_APPROVAL:
+                    self._commit_judgment(app, head, folder, record, approve=True)
+                elif action is Action.COMMIT_REVERT:
+                    self._commit_judgment(app, head, folder, record, approve=False)
+                elif self.promotions is None:
+                    continue
+                elif action is Action.PROPOSE_PROMOTION and record.canary_revision:
                     status = record.last_status.description if record.last_status else ""
                     self.promotions.propose(app, folder.path, head, record.canary_revision,
                                             status, record.analysis)
@@ -298,8 +302,35 @@ class Reconciler:
                     reason = decision.statuses[0].description if decision.statuses \
                         else "the canary is gone"
                     self.promotions.withdraw(app, reason)
-        except CanaryError as error:
-            log.error("app %s: promote request: %s", app, error)
+            except CanaryError as error:
+                log.error("app %s: %s: %s", app, action, error)
+
+    def _commit_judgment(self, app: AppName, head: Sha, folder: AppFolder, record: Record,
+                         approve: bool) -> None:
+        revision = record.canary_revision
+        if revision is None:
+            return
+        path = f"{folder.path}/{POLICY_FILE}" if folder.path else POLICY_FILE
+        policy_text = self.source.read_file(head, path)
+        verdict = record.last_status.description if record.last_status else ""
+        if approve:
+            commit = self.source.commit_file(
+                head, path, with_approval(policy_text, revision),
+                f"Promote {app} canary {revision[:7]} (judgment: auto)\n\n{verdict}")
+        else:
+            # Back to what stable runs: its revision's folder (else the canary's parent's),
+            # keeping today's canary.yaml.
+            base = record.stable_revision or self.source.first_parent(revision)
+            tree = self.source.folder_tree(base, folder.path) if base else None
+            if tree is None:
+                raise ApiError(f"no stable content to revert {app} to")
+            commit = self.source.commit_file(
+                head, path, policy_text,
+                f"Revert {app} canary {revision[:7]} (judgment: auto)\n\n{verdict}",
+                restore=(folder.path, tree))
+        self.source.push_to_branch(commit)
+        log.info("app %s: judgment auto: pushed %s %s", app,
+                 "the approval" if approve else "the revert", commit[:7])
 
     def _perform(self, action: Action, rendered: Rendered, policy: Policy) -> None:
         if action is Action.APPLY_STABLE:

@@ -15,6 +15,12 @@ statistics with tables of numbers instead of a Prometheus server.
 
 Each side is tested at alpha/2 (alpha = 1 - confidence); a significant change counts only beyond
 the metric's tolerance. A metric without enough data is NoData, and NoData is never a pass.
+
+Absence of evidence is not a pass either: a metric that looks worse beyond its tolerance with a
+one-sided p below WARN (but not below alpha/2) is *undecided*, and the verdict is inconclusive
+rather than pass — the controller keeps analysing as data accumulates, until the deadline. (Found
+the hard way: with `judgment: auto`, a canary at 7.7% good vs 15.4% (p=0.066 on 170 requests)
+was promoted.)
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ KINDS = ("ratio", "samples")
 DIRECTIONS = ("higher", "lower", "either")
 MIN_REQUESTS = 50  # per variant, for a ratio metric
 MIN_SAMPLES = 5  # per variant, for a samples metric
+WARN = 0.1  # one-sided p below which a worse-looking metric is undecided, not a pass
 
 
 class Result(StrEnum):
@@ -94,6 +101,7 @@ class MetricResult:
     weight: float
     failed: bool = False  # the result is the metric's bad direction
     test: str = ""  # where p_value and statistic come from: fisher, mann-whitney, brown-forsythe
+    undecided: bool = False  # looks worse, not significantly yet: more data will tell
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,8 @@ class _Finding:
     effect: float | None = None
     statistic: float | None = None
     test: str = ""
+    p_worse: float = 1.0  # one-sided p of the metric's bad direction
+    worse_beyond: bool = False  # the observed change is on the bad side, beyond tolerance
 
 
 def judge(metrics: Sequence[MetricInput], pass_score: float = 95, marginal_score: float = 75,
@@ -125,7 +135,7 @@ def judge(metrics: Sequence[MetricInput], pass_score: float = 95, marginal_score
     score = 100 * (passing / total) if total > 0 else 0.0
     if any(r.failed and r.critical for r in results):
         verdict = Verdict.FAIL  # decided: more data cannot undo a significant critical failure
-    elif not results or any(r.result is Result.NODATA for r in results):
+    elif not results or any(r.result is Result.NODATA or r.undecided for r in results):
         verdict = Verdict.INCONCLUSIVE
     elif score >= pass_score:
         verdict = Verdict.PASS
@@ -138,11 +148,21 @@ def judge(metrics: Sequence[MetricInput], pass_score: float = 95, marginal_score
 
 def _judge_metric(metric: MetricInput, alpha: float) -> MetricResult:
     found = _ratio(metric, alpha) if metric.kind == "ratio" else _samples(metric, alpha)
+    failed = found.result in _FAILING[metric.direction]
     return MetricResult(
         name=metric.name, result=found.result, baseline=found.baseline, canary=found.canary,
         p_value=found.p_value, effect=found.effect, statistic=found.statistic,
-        critical=metric.critical, weight=metric.weight,
-        failed=found.result in _FAILING[metric.direction], test=found.test)
+        critical=metric.critical, weight=metric.weight, failed=failed, test=found.test,
+        undecided=not failed and found.result is not Result.NODATA and found.worse_beyond
+        and found.p_worse < WARN)
+
+
+def _worse(direction: str, p_low: float, p_high: float, low_beyond: bool,
+           high_beyond: bool) -> tuple[float, bool]:
+    """(one-sided p, beyond tolerance) of the metric's bad direction ("either": both sides)."""
+    sides = {"higher": [(p_low, low_beyond)], "lower": [(p_high, high_beyond)],
+             "either": [(p_low, low_beyond), (p_high, high_beyond)]}[direction]
+    return min(sides)
 
 
 def _shift(p_low: float, p_high: float, alpha: float, low_beyond: bool,
@@ -177,10 +197,11 @@ def _ratio(metric: MetricInput, alpha: float) -> _Finding:
     p_high = float(stats.fisher_exact(table, alternative="greater").pvalue)
     odds = good_c * bad_b / (bad_c * good_b) if bad_c * good_b else None
     effect = can_value - base_value
-    result = _shift(p_low, p_high, alpha, low_beyond=-effect > metric.tolerance,
-                    high_beyond=effect > metric.tolerance)
+    low_beyond, high_beyond = -effect > metric.tolerance, effect > metric.tolerance
+    result = _shift(p_low, p_high, alpha, low_beyond=low_beyond, high_beyond=high_beyond)
+    p_worse, worse_beyond = _worse(metric.direction, p_low, p_high, low_beyond, high_beyond)
     return _Finding(result, base_value, can_value, min(1.0, 2 * min(p_low, p_high)), effect,
-                    odds, "fisher")
+                    odds, "fisher", p_worse, worse_beyond)
 
 
 Floats = npt.NDArray[np.float64]
@@ -209,10 +230,12 @@ def _samples(metric: MetricInput, alpha: float) -> _Finding:
     p_high, u_canary = float(greater.pvalue), float(greater.statistic)
     # Kayenta's effect-size bound: the medians differ by more than the allowed ratio.
     bound = metric.tolerance * abs(median_b) if metric.tolerance else 0.0
-    result = _shift(p_low, p_high, alpha, low_beyond=median_c - median_b <= -bound,
-                    high_beyond=median_c - median_b >= bound)
+    low_beyond = median_c - median_b <= -bound and median_c != median_b
+    high_beyond = median_c - median_b >= bound and median_c != median_b
+    result = _shift(p_low, p_high, alpha, low_beyond=low_beyond, high_beyond=high_beyond)
+    p_worse, worse_beyond = _worse(metric.direction, p_low, p_high, low_beyond, high_beyond)
     found = _Finding(result, median_b, median_c, min(1.0, 2 * min(p_low, p_high)), effect,
-                     u_canary, "mann-whitney")
+                     u_canary, "mann-whitney", p_worse, worse_beyond)
     if result in _FAILING[metric.direction] or not np.isfinite(np.concatenate([base, can])).all():
         return found
     spread_b, spread_c = (float(np.mean(np.abs(x - np.median(x)))) for x in (base, can))
@@ -319,7 +342,7 @@ def to_json(j: Judgement) -> dict[str, object]:
              "canary": _figure(m.canary), "p_value": _figure(m.p_value),
              "effect": _figure(m.effect), "statistic": _figure(m.statistic),
              "critical": m.critical, "weight": _figure(m.weight), "failed": m.failed,
-             "test": m.test}
+             "undecided": m.undecided, "test": m.test}
             for m in j.metrics
         ],
     }
@@ -332,6 +355,9 @@ def summary(j: Judgement) -> str:
     """One line with the figures, failing metrics first, e.g. 'canary 20.1% good vs baseline
     10.2% (p<0.001): pass, score 100'."""
     outcome = f"{j.verdict.value}, score {round(j.score, 1):g}"
+    if any(m.undecided for m in j.metrics):
+        outcome = f"{j.verdict.value} (looks worse, not significant yet), score " \
+                  f"{round(j.score, 1):g}"
     if len(j.metrics) == 1:
         line = f"{_describe(j.metrics[0])}: {outcome}"
     else:

@@ -84,6 +84,7 @@ class Observation:
     analysis_enabled: bool = True  # False when the controller has no Prometheus to ask
     propose_on_failure: bool = False  # open a promote request for a failed canary too
     approval_refused: str | None = None  # the approval is not by an approver / not signed
+    judgment_auto: bool = False  # the controller commits the approval or the revert itself
     warmup: float = 0.0
     deadline: float = 0.0
 
@@ -94,6 +95,8 @@ class Action(StrEnum):
     DELETE_VARIANTS = "delete-variants"
     PROPOSE_PROMOTION = "propose-promotion"  # open/update the promote pull request (forges)
     WITHDRAW_PROMOTION = "withdraw-promotion"  # close it: superseded, rejected, or done
+    COMMIT_APPROVAL = "commit-approval"  # judgment: auto, the analysis passed
+    COMMIT_REVERT = "commit-revert"  # judgment: auto, the analysis failed
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,12 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
                         f"canary ready: analysis starts after a {obs.warmup:g}s warm-up"),))
     if record.phase is Phase.ANALYZING and obs.analysis is not None:
         return _judged(record, obs, obs.analysis, now, actions)
+    if obs.judgment_auto and record.analysis is not None:
+        # Until git says so (the commit may have lost a race with another push): again.
+        if record.phase is Phase.AWAITING:
+            actions = (*actions, Action.COMMIT_APPROVAL)
+        elif record.phase is Phase.FAILED:
+            actions = (*actions, Action.COMMIT_REVERT)
     if moved and record.last_status is not None:
         note = dataclasses.replace(record.last_status, sha=obs.revision)
         return Decision(record, actions, (note,))
@@ -290,19 +299,23 @@ def _judged(record: Record, obs: Observation, judgement: Judgement, now: float,
     record = dataclasses.replace(record, last_analysis=now, analysis=_json(judgement))
     started = (record.ready_at or now) + obs.warmup
     overdue = now >= started + obs.deadline
+    auto_yes = (Action.COMMIT_APPROVAL,) if obs.judgment_auto else ()
+    auto_no = (Action.COMMIT_REVERT,) if obs.judgment_auto else ()
     if judgement.verdict is Verdict.PASS:
         return Decision(dataclasses.replace(record, phase=Phase.AWAITING),
-                        (*actions, Action.PROPOSE_PROMOTION),
+                        (*actions, Action.PROPOSE_PROMOTION, *auto_yes),
                         (StatusNote(obs.revision, StatusState.SUCCESS,
                                     f"{text}; awaiting promotion"),))
     propose = (Action.PROPOSE_PROMOTION,) if obs.propose_on_failure else ()
     if judgement.verdict is Verdict.FAIL:
-        return Decision(dataclasses.replace(record, phase=Phase.FAILED), (*actions, *propose),
+        return Decision(dataclasses.replace(record, phase=Phase.FAILED),
+                        (*actions, *propose, *auto_no),
                         (StatusNote(obs.revision, StatusState.FAILURE, text),))
     if overdue:
         state = (StatusState.FAILURE if judgement.verdict is Verdict.MARGINAL
                  else StatusState.ERROR)
-        return Decision(dataclasses.replace(record, phase=Phase.FAILED), (*actions, *propose),
+        return Decision(dataclasses.replace(record, phase=Phase.FAILED),
+                        (*actions, *propose, *auto_no),
                         (StatusNote(obs.revision, state, f"{text} at the deadline"),))
     return Decision(record, actions,
                     (StatusNote(obs.revision, StatusState.PENDING, f"{text}; analysing"),))

@@ -281,12 +281,6 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return str(problem)
 
 
-def refuse_unsupported(file: str, policy: Policy) -> None:
-    """Fields of the schema whose enforcement is not built yet: refuse rather than pretend."""
-    if policy.judgment == "auto":
-        raise InputError(file, "judgment", "judgment: auto is not supported by this version")
-
-
 def with_approval(text: str, revision: str) -> str:
     """The canary.yaml text with `promote: "<revision>"`, replacing any earlier approval and
     keeping everything else (comments included) as it was."""

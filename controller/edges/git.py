@@ -159,6 +159,11 @@ class GitSource(GitRepo):
             repo = git.Repo.init(workdir, bare=True)
         super().__init__(repo, token)
         self.where = self.url
+        # Who the controller's own commits (promote requests, judgment: auto) are by.
+        self.author = {"GIT_AUTHOR_NAME": "gitops-canary",
+                       "GIT_AUTHOR_EMAIL": "gitops-canary@localhost",
+                       "GIT_COMMITTER_NAME": "gitops-canary",
+                       "GIT_COMMITTER_EMAIL": "gitops-canary@localhost"}
         self._git("config", "remote.origin.url", self.url)
         # Notes are commits too: they need an author.
         self._git("config", "user.name", "gitops-canary")
@@ -187,21 +192,44 @@ class GitSource(GitRepo):
         blob = self.repo.commit(commit).tree / path
         return str(blob.data_stream.read().decode("utf-8"))
 
-    def commit_file(self, base: Sha, path: str, text: str, message: str) -> Sha:
-        """A commit on top of `base` that changes one file, made without a work tree (the
-        mirror is bare): a temporary index, write-tree, commit-tree."""
+    def commit_file(self, base: Sha, path: str, text: str, message: str,
+                    restore: tuple[str, str] | None = None) -> Sha:
+        """A commit on top of `base`, made without a work tree (the mirror is bare) through a
+        temporary index: `path` gets `text`; with `restore=(folder, tree)` the folder first
+        becomes that tree (the content of another commit), then `path` is written."""
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**self._env, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            with self.repo.git.custom_environment(**env):
-                git_ = self.repo.git
-                git_.read_tree(base)
-                content = Path(tmp) / "content"
-                content.write_text(text)
-                blob = git_.hash_object("-w", str(content))
-                git_.update_index("--add", "--cacheinfo", f"100644,{blob},{path}")
-                tree = git_.write_tree()
-                commit = git_.commit_tree(tree, "-p", base, "-m", message)
+            env = {**self._env, "GIT_INDEX_FILE": str(Path(tmp) / "index"), **self.author}
+            try:
+                with self.repo.git.custom_environment(**env):
+                    git_ = self.repo.git
+                    git_.read_tree(base)
+                    if restore is not None:
+                        # A bare repository has no `read-tree --prefix`: list the tree's
+                        # entries and put them under the folder through --index-info.
+                        folder, tree = restore
+                        git_.rm("-r", "--cached", "-q", "--ignore-unmatch", "--", folder)
+                        listing = Path(tmp) / "entries"
+                        listing.write_text("".join(
+                            f"{mode} {sha}\t{folder}/{name}\n"
+                            for mode, _, sha, name in (
+                                line.replace("\t", " ", 1).split(" ", 3)
+                                for line in git_.ls_tree("-r", tree).splitlines())))
+                        with listing.open("rb") as entries:
+                            git_.update_index("--index-info", istream=entries)
+                    content = Path(tmp) / "content"
+                    content.write_text(text)
+                    blob = git_.hash_object("-w", str(content))
+                    git_.update_index("--add", "--cacheinfo", f"100644,{blob},{path}")
+                    tree_sha = git_.write_tree()
+                    commit = git_.commit_tree(tree_sha, "-p", base, "-m", message)
+            except git.GitCommandError as error:
+                raise ApiError(f"git: making a commit on {base[:7]}: "
+                               f"{str(error.stderr or error).strip()}") from None
         return Sha(str(commit))
+
+    def push_to_branch(self, commit: Sha) -> None:
+        """Push a commit onto the tracked branch; refused (transient) when the branch moved."""
+        self._git("push", "origin", f"{commit}:refs/heads/{self.branch}")
 
     def push_branch(self, commit: Sha, branch: str) -> None:
         self._git("push", "--force", "origin", f"{commit}:refs/heads/{branch}")

@@ -14,6 +14,7 @@ tools="$repo/hack/tools"
 cache=${GITOPS_CANARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gitops-canary}
 
 kube_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$tools/kube/go.mod")
+gitea_version=$(awk '$1 == "require" && $2 == "code.gitea.io/gitea" {print $3}' "$tools/gitea/go.mod")
 key=$(cat "${BASH_SOURCE[0]}" "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/tools.go "$tools"/*/*.patch \
   | sha256sum | cut -c1-16)
 out="$cache/bin/$key"
@@ -25,6 +26,11 @@ fi
 
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 export CGO_ENABLED=0
+# Gitea's SQLite driver is cgo (see below): fail now rather than after building Kubernetes.
+if ! command -v "${CC:-gcc}" >/dev/null; then
+  echo "build.sh: gitea needs a C compiler for SQLite (cgo): apt-get install gcc" >&2
+  exit 1
+fi
 # Build into a scratch folder and rename it at the end: a folder named by the key is complete.
 final=$out
 out="$final.partial"
@@ -61,7 +67,8 @@ build() {  # build TOOL_DIR OUTPUT LDFLAGS PACKAGE... (OUTPUT: a file for one pa
   local dir=$1 output=$2 ldflags=$3; shift 3
   log "building $* ..."
   local start=$SECONDS
-  (cd "$tools/$dir" && go build ${modfile:-} -ldflags "-s -w $ldflags" -o "$output" "$@")
+  (cd "$tools/$dir" && go build ${modfile:-} ${tags:+-tags "$tags"} -ldflags "-s -w $ldflags" \
+    -o "$output" "$@")
   log "built $* in $((SECONDS - start))s"
 }
 
@@ -73,6 +80,21 @@ modfile="-modfile=$out/src/go.mod" build kube "$out/" "$stamp" \
   k8s.io/kubernetes/cmd/kubectl
 build kwok "$out/kwok" "" sigs.k8s.io/kwok/cmd/kwok
 build fortio "$out/fortio" "" fortio.org/fortio
+
+# Gitea, the forge of the commit-status tests. v1.26 reaches SQLite only through mattn/go-sqlite3,
+# which is cgo: this one build has CGO_ENABLED=1 (gcc needed) and Gitea's own tags, CFLAGS and
+# version stamp (its Makefile). Without the bindata tag Gitea reads options/ (locales, gitignore,
+# licence and label files), templates/ and public/ from STATIC_ROOT_PATH at run time: they are
+# copied from the same verified module next to the binary (hack/localcluster/gitea.py).
+gitea_tags="sqlite sqlite_unlock_notify"
+CGO_ENABLED=1 CGO_CFLAGS="$(go env CGO_CFLAGS) -DSQLITE_MAX_VARIABLE_NUMBER=32766" \
+  tags="$gitea_tags" build gitea "$out/gitea" \
+  "-X main.Version=${gitea_version#v} -X 'main.Tags=$gitea_tags'" code.gitea.io/gitea
+gitea_src=$(cd "$tools/gitea" && go mod download -json code.gitea.io/gitea \
+  | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+mkdir -p "$out/gitea-static"
+cp -r "$gitea_src/options" "$gitea_src/templates" "$gitea_src/public" "$out/gitea-static/"
+chmod -R u+w "$out/gitea-static"
 rm -rf "$out/src"
 
 # kwok's own stage definitions (node-fast, node heartbeat with lease, pod-fast), taken from the

@@ -62,6 +62,7 @@ class Story:
     load: Load | None = None
     metrics_port: int = 0
     started_cluster: bool = False
+    judgment: str = "manual"
 
     # --- the environment --------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Story:
         git(self.clone, "remote", "add", "origin", str(self.remote))
         policy = yaml.safe_load((self.app_dir / "canary.yaml").read_text()) or {}
         policy["namespace"] = self.namespace
+        policy["judgment"] = self.judgment
         t = self.timing
         policy["analysis"] = {"warmup": t.warmup, "interval": t.interval, "window": t.window,
                               "deadline": t.deadline}
@@ -170,6 +172,9 @@ class Story:
     def commit(self, message: str) -> str:
         git(self.clone, "add", "-A")
         git(self.clone, "commit", "-q", "-m", message)
+        if git(self.clone, "ls-remote", "origin", "refs/heads/main"):
+            # The controller may have committed too (judgment: auto): catch up, as a person would.
+            git(self.clone, "pull", "-q", "--rebase", "origin", "main")
         git(self.clone, "push", "-q", "origin", "HEAD:main")
         return git(self.clone, "rev-parse", "HEAD")
 

@@ -292,10 +292,10 @@ def test_to_json_shape() -> None:
         "metrics": [
             {"name": "success-rate", "result": "Low", "baseline": 1.0, "canary": 0.992,
              "p_value": 0.00770348, "effect": -0.008, "statistic": 0.0, "critical": True,
-             "weight": 1.0, "failed": True, "test": "fisher"},
+             "weight": 1.0, "failed": True, "undecided": False, "test": "fisher"},
             {"name": "latency", "result": "NoData", "baseline": 99.1174, "canary": None,
              "p_value": None, "effect": None, "statistic": None, "critical": False,
-             "weight": 1.0, "failed": False, "test": ""},
+             "weight": 1.0, "failed": False, "undecided": False, "test": ""},
         ],
     }
 
@@ -323,3 +323,23 @@ def test_summary_fits_a_commit_status() -> None:
     assert len(line) == 140
     assert line.startswith("fail, score 0: metric-with-a-long-name-0 Low: canary 99.2%")
     assert line.endswith("…")
+
+
+@pytest.mark.parametrize(("baseline", "canary", "verdict", "undecided"), [
+    # Seen live with judgment: auto: worse by half, p=0.066 two-sided on ~170 requests.
+    (Counts(26, 169), Counts(13, 169), Verdict.INCONCLUSIVE, True),
+    # The same rates on more requests: significant, a fail.
+    (Counts(154, 1000), Counts(77, 1000), Verdict.FAIL, False),
+    # Better, not significant: nothing to wait for.
+    (Counts(13, 169), Counts(26, 169), Verdict.PASS, False),
+    # A hair worse, far from significant (A/A noise): a pass.
+    (Counts(990, 1000), Counts(989, 1000), Verdict.PASS, False),
+])
+def test_worse_but_not_yet_significant_is_undecided_not_a_pass(
+        baseline: Counts, canary: Counts, verdict: Verdict, undecided: bool) -> None:
+    judgement = judge([MetricInput("success-rate", "ratio", "higher", baseline, canary,
+                                   critical=True)])
+    assert judgement.verdict is verdict
+    assert judgement.metrics[0].undecided is undecided
+    if undecided:
+        assert "looks worse, not significant yet" in summary(judgement)
