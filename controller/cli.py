@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--git-token-file", default=None,
                      help="file holding an HTTPS token for the repository "
                           "(or $GITOPS_CANARY_GIT_TOKEN)")
+    run.add_argument("--git-username", default=os.environ.get("GITOPS_CANARY_GIT_USERNAME", "git"),
+                     help="user name sent with the token (some forges want the token's owner)")
     run.add_argument("--once", action="store_true", help="reconcile once and exit")
     run.add_argument("--webhook-secret-file", default=None,
                      help="file holding the push webhooks' secret (or "
@@ -198,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path.home() / ".cache" / "gitops-canary" / "mirrors" / \
         hashlib.sha256(f"{url}#{args.branch}".encode()).hexdigest()[:16]
     token = _secret(args.git_token_file, "GITOPS_CANARY_GIT_TOKEN")
-    source = GitSource(url, args.branch, workdir, token)
+    source = GitSource(url, args.branch, workdir, token, args.git_username)
     name, _, email = args.commit_author.partition("<")
     source.author = {key: value for kind in ("AUTHOR", "COMMITTER")
                      for key, value in ((f"GIT_{kind}_NAME", name.strip()),

@@ -264,7 +264,8 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
                             (_awaiting(obs.revision, "first deployment, nothing to compare "
                                                      "against"),))
         if not obs.analysis_enabled:  # no Prometheus: a person compares, as in the seed
-            return Decision(dataclasses.replace(record, phase=Phase.AWAITING), actions,
+            return Decision(dataclasses.replace(record, phase=Phase.AWAITING),
+                            (*actions, Action.PROPOSE_PROMOTION),
                             (StatusNote(obs.revision, StatusState.PENDING,
                                         "baseline and canary ready, unanalysed (no Prometheus "
                                         "configured): compare them, then promote or revert"),))

@@ -54,11 +54,11 @@ def _redact(text: str, secret: str | None) -> str:
 class GitRepo:
     """Read access to a repository's commits and trees (a mirror or a person's clone)."""
 
-    def __init__(self, repo: git.Repo, token: str | None = None) -> None:
+    def __init__(self, repo: git.Repo, token: str | None = None, username: str = "git") -> None:
         self.repo = repo
         self.where = str(repo.working_dir or repo.git_dir)  # named in error messages
         self._token = token
-        self._env = {"GIT_TERMINAL_PROMPT": "0", **credentials_env(token)}
+        self._env = {"GIT_TERMINAL_PROMPT": "0", **credentials_env(token, username)}
         self._apps_cache: dict[str, list[AppFolder]] = {}
 
     @classmethod
@@ -149,7 +149,8 @@ class GitRepo:
 class GitSource(GitRepo):
     """The controller's bare mirror of the tracked branch of a repository URL or path."""
 
-    def __init__(self, url: str, branch: str, workdir: Path, token: str | None = None) -> None:
+    def __init__(self, url: str, branch: str, workdir: Path, token: str | None = None,
+                 username: str = "git") -> None:
         self.url = url if "://" in url or url.startswith("git@") else str(Path(url).resolve())
         self.branch = branch
         if (workdir / "HEAD").exists():
@@ -157,7 +158,7 @@ class GitSource(GitRepo):
         else:
             workdir.mkdir(parents=True, exist_ok=True)
             repo = git.Repo.init(workdir, bare=True)
-        super().__init__(repo, token)
+        super().__init__(repo, token, username)
         self.where = self.url
         # Who the controller's own commits (promote requests, judgment: auto) are by.
         self.author = {"GIT_AUTHOR_NAME": "gitops-canary",

@@ -70,8 +70,8 @@ ANALYZING = dataclasses.replace(CANARY, phase=Phase.ANALYZING, ready_at=NOW - 10
     ("variants ready, no Prometheus: a person judges, unanalysed",
      CANARY, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
                  analysis_enabled=False),
-     Phase.AWAITING, [], [("2", "pending", "baseline and canary ready, unanalysed (no "
-                                           "Prometheus configured)")]),
+     Phase.AWAITING, [Action.PROPOSE_PROMOTION],
+     [("2", "pending", "baseline and canary ready, unanalysed (no Prometheus configured)")]),
     ("first deployment ready: awaiting promotion, nothing to compare",
      dataclasses.replace(CANARY, first_deployment=True),
      obs(stable_exists=False, stable_fingerprint=None, variants_present=True,
