@@ -199,3 +199,27 @@ def test_a_push_webhook_wakes_the_controller_within_a_second_and_forgeries_are_r
         runner.join(timeout=10)
         server.shutdown()
         server.server_close()
+
+
+def test_a_superseded_canary_has_its_promote_request_closed_with_a_comment(
+        forge: ForgeHarness) -> None:
+    first = first_version(forge)
+
+    def open_pulls() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = forge.gitea.api(
+            "GET", f"/repos/{forge.repo}/pulls", params={"state": "open"})
+        return found
+
+    (old,) = forge.settle(open_pulls, "the first promote request")
+    assert first[:7] in old["title"]
+    forge.write(f"{APP}/deployment.yml", deployment(APP, "30"))
+    second = forge.commit("rate 30 before anyone promoted")
+
+    (new,) = forge.settle(lambda: (p := open_pulls()) and second[:7] in p[0]["title"] and p,
+                          "a promote request for the new canary")
+    closed = forge.gitea.api("GET", f"/repos/{forge.repo}/pulls/{old['number']}")
+    assert closed["state"] == "closed"
+    assert not closed["merged"]
+    comments = forge.gitea.api("GET", f"/repos/{forge.repo}/issues/{old['number']}/comments")
+    assert any("Closed by gitops-canary: superseded by" in c["body"] for c in comments)
+    assert new["number"] != old["number"]
