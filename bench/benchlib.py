@@ -23,6 +23,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from controller.domain.machine import Record
+from controller.edges.kube import RECORD_PREFIX, record_from_json
 from localcluster import cluster as localcluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,3 +182,54 @@ def timed(call: Callable[[], Any]) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
+
+
+REQUEST_TIMEOUT = 5.0  # seconds, for each read of the cluster
+
+
+class AppCluster:
+    """What a benchmark reads of one app in its namespace: the Deployments and the record."""
+
+    def __init__(self, api: client.ApiClient, ns: str, app: str = "sampleapp") -> None:
+        self.apps, self.core, self.ns, self.app = (client.AppsV1Api(api), client.CoreV1Api(api),
+                                                   ns, app)
+
+    def deployment(self, name: str) -> client.V1Deployment | None:
+        try:
+            return self.apps.read_namespaced_deployment(
+                name, self.ns, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def stable_rate(self) -> str | None:
+        stable = self.deployment(self.app)
+        if stable is None:
+            return None
+        pod = stable.spec.template.spec if stable.spec else None
+        env = (pod.containers[0].env if pod else None) or []
+        return next((e.value for e in env if e.name == "SUCCESS_RATE"), None)
+
+    def stable_ready(self, replicas: int) -> bool:
+        stable = self.deployment(self.app)
+        return stable is not None and stable.status is not None \
+            and stable.status.ready_replicas == replicas
+
+    def readiness(self) -> str:
+        found = []
+        for name in (self.app, f"{self.app}-baseline", f"{self.app}-canary"):
+            d = self.deployment(name)
+            found.append(f"{name} {(d.status and d.status.ready_replicas) or 0}/"
+                         f"{d.spec and d.spec.replicas}" if d else f"{name} absent")
+        return ", ".join(found)
+
+    def record(self) -> Record | None:
+        try:
+            cm = self.core.read_namespaced_config_map(
+                f"{RECORD_PREFIX}{self.app}", self.ns, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return record_from_json(cm.data["record"]) if cm.data and "record" in cm.data else None

@@ -52,6 +52,7 @@ from typing import Any
 import httpx
 import yaml
 from benchlib import (
+    AppCluster,
     Summary,
     api_client,
     deployment,
@@ -64,13 +65,11 @@ from benchlib import (
     wait_for,
 )
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from controller.domain.machine import Record
 from controller.domain.types import Phase
 from controller.edges.forges import ForgeStatusSink, auth_headers, make_forge
 from controller.edges.git import GitSource
-from controller.edges.kube import RECORD_PREFIX, Kube, record_from_json
+from controller.edges.kube import Kube
 from controller.metrics import Metrics, serve
 from controller.promotions import PromotionRequests, branch_for
 from controller.reconcile import Reconciler, Result
@@ -92,7 +91,6 @@ MERGE_RETRY_STEP = 0.1
 MERGE_RETRY_TIMEOUT = 30.0
 PULL_STATUS = {0: "conflict", 1: "checking", 2: "mergeable", 3: "manually merged", 4: "error",
                5: "empty", 6: "ancestor"}  # Gitea's PullRequestStatus (models/issues/pull.go)
-REQUEST_TIMEOUT = 5.0
 LOG_DIR = Path(tempfile.gettempdir()) / "gitops-canary-bench"
 
 
@@ -166,51 +164,6 @@ class ModeResult:
 
 
 # --- what the cluster and Gitea show --------------------------------------------------------
-
-
-class Cluster:
-    def __init__(self, api: client.ApiClient, ns: str) -> None:
-        self.apps, self.core, self.ns = client.AppsV1Api(api), client.CoreV1Api(api), ns
-
-    def _deployment(self, name: str) -> client.V1Deployment | None:
-        try:
-            return self.apps.read_namespaced_deployment(
-                name, self.ns, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def stable_rate(self) -> str | None:
-        stable = self._deployment(APP)
-        if stable is None:
-            return None
-        pod = stable.spec.template.spec if stable.spec else None
-        env = (pod.containers[0].env if pod else None) or []
-        return next((e.value for e in env if e.name == "SUCCESS_RATE"), None)
-
-    def stable_ready(self) -> bool:
-        stable = self._deployment(APP)
-        return stable is not None and stable.status is not None \
-            and stable.status.ready_replicas == REPLICAS
-
-    def readiness(self) -> str:
-        found = []
-        for name in (APP, f"{APP}-baseline", f"{APP}-canary"):
-            d = self._deployment(name)
-            found.append(f"{name} {(d.status and d.status.ready_replicas) or 0}/"
-                         f"{d.spec and d.spec.replicas}" if d else f"{name} absent")
-        return ", ".join(found)
-
-    def record(self) -> Record | None:
-        try:
-            cm = self.core.read_namespaced_config_map(
-                f"{RECORD_PREFIX}{APP}", self.ns, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return record_from_json(cm.data["record"]) if cm.data and "record" in cm.data else None
 
 
 @dataclass
@@ -296,7 +249,7 @@ def run_mode(result: ModeResult, gitea: localgitea.Gitea, api: client.ApiClient,
         git(clone, "config", "user.email", "bench@example.com")
         forge = Forge(gitea, repo, clone)
         merger = stack.enter_context(gitea.client())  # the person who merges
-        cluster = Cluster(api, ns)
+        cluster = AppCluster(api, ns)
 
         forge.write(f"{FOLDER}/canary.yaml", {"namespace": ns, "percentage": 25,
                                                "bootstrap": "direct"})
@@ -362,7 +315,7 @@ def run_mode(result: ModeResult, gitea: localgitea.Gitea, api: client.ApiClient,
             return record is not None and record.phase is phase and record.error is None \
                 and (record.canary_revision == sha if phase is Phase.AWAITING
                      else record.stable_revision == sha) \
-                and (not ready or cluster.stable_ready())
+                and (not ready or cluster.stable_ready(REPLICAS))
 
         def hooks_in(count: int) -> bool:
             alive()

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from benchlib import (
+    AppCluster,
     DeployRepo,
     Summary,
     api_client,
@@ -49,12 +50,9 @@ from benchlib import (
     wait_for,
 )
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 import controller as controller_package
-from controller.domain.machine import Record
 from controller.domain.types import ANNOTATION_REVISION, Phase
-from controller.edges.kube import RECORD_PREFIX, record_from_json
 from localcluster.processes import free_port
 
 APP = "sampleapp"
@@ -64,7 +62,6 @@ APPLY_TIMEOUT = 30.0  # per push; a miss is reported, two misses in a row end th
 SETTLE_TIMEOUT = 30.0
 START_TIMEOUT = 120.0
 LOG_DIR = Path(tempfile.gettempdir()) / "gitops-canary-bench"
-REQUEST_TIMEOUT = 5.0
 # The controller subprocess runs the same code this script imported (`python -m controller`
 # from the folder holding that package), even when PYTHONPATH points at another checkout.
 CODE = Path(controller_package.__file__).resolve().parents[1]
@@ -153,49 +150,16 @@ def stop(process: subprocess.Popen[bytes], what: str) -> None:
 # --- what the cluster shows -----------------------------------------------------------------
 
 
-class Cluster:
-    def __init__(self, api: client.ApiClient, ns: str) -> None:
-        self.apps, self.core, self.ns = client.AppsV1Api(api), client.CoreV1Api(api), ns
-
-    def _deployment(self, name: str) -> client.V1Deployment | None:
-        try:
-            return self.apps.read_namespaced_deployment(
-                name, self.ns, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
+class Cluster(AppCluster):
     def applied(self, sha: str, rate: str) -> bool:
-        canary = self._deployment(f"{APP}-canary")
+        """Both variants exist, the canary with the pushed revision and SUCCESS_RATE."""
+        canary = self.deployment(f"{APP}-canary")
         if canary is None or (canary.metadata.annotations or {}).get(ANNOTATION_REVISION) != sha:
             return False
         env = canary.spec.template.spec.containers[0].env or []
         if not any(e.name == "SUCCESS_RATE" and e.value == rate for e in env):
             return False
-        return self._deployment(f"{APP}-baseline") is not None
-
-    def readiness(self) -> str:
-        found = []
-        for name in (APP, f"{APP}-baseline", f"{APP}-canary"):
-            d = self._deployment(name)
-            found.append(f"{name} {d.status.ready_replicas or 0}/{d.spec.replicas}"
-                         if d else f"{name} absent")
-        return ", ".join(found)
-
-    def stable_ready(self, replicas: int) -> bool:
-        stable = self._deployment(APP)
-        return stable is not None and stable.status.ready_replicas == replicas
-
-    def record(self) -> Record | None:
-        try:
-            cm = self.core.read_namespaced_config_map(
-                f"{RECORD_PREFIX}{APP}", self.ns, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return record_from_json(cm.data["record"]) if cm.data and "record" in cm.data else None
+        return self.deployment(f"{APP}-baseline") is not None
 
 
 # --- one mode -------------------------------------------------------------------------------
