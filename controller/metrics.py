@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -121,27 +124,113 @@ class Metrics:
             time.monotonic() - self.last_success < max(3 * interval, 60)
 
 
-MAX_WEBHOOK_BODY = 5 * 1024 * 1024
+MAX_WEBHOOK_BODY = 1024 * 1024  # push events are typically tens of KiB
+REQUEST_TIMEOUT = 10.0  # seconds a client may stay silent, at any point of its request
+MAX_CONNECTIONS = 64
+
+
+def _body_length(headers: Message) -> tuple[int, bytes] | int:
+    """The declared length of a webhook body, or the status that refuses the request unread.
+
+    Chunked or otherwise transfer-encoded bodies have no length to check before reading, and
+    `rfile.read` of a negative length reads to the end of the stream: only one plain, decimal,
+    small Content-Length is taken."""
+    if headers.get("Transfer-Encoding") is not None:
+        return 411, b"a Content-Length is required, chunked bodies are not taken\n"
+    declared = headers.get_all("Content-Length") or []
+    if not declared:
+        return 411, b"a Content-Length is required\n"
+    value = str(declared[0]).strip()
+    if len(declared) > 1 or not (value.isascii() and value.isdigit()):
+        return 400, b"bad Content-Length\n"
+    if len(value) > 16 or int(value) > MAX_WEBHOOK_BODY:
+        return 413, b"too large\n"
+    return int(value)
+
+
+class _Server(ThreadingHTTPServer):
+    """At most `max_connections` requests in flight, one thread each. Every thread holds a slot
+    from its start to its socket's close; a connection beyond the cap is answered 503 and closed
+    by the accepting thread itself, so a flood of idle sockets costs neither threads nor memory.
+    """
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 max_connections: int) -> None:
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._full = False  # only the accepting thread reads and writes it
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            if not self._full:  # once per flood, not once per connection
+                log.warning("%d connections open: refusing more (first from %s)",
+                            self.max_connections, client_address[0])
+            self._full = True
+            _turn_away(request)
+            self.shutdown_request(request)
+            return
+        self._full = False
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started, so none will release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, not the default traceback on stderr: a reset or a stalled client is
+        routine for a port on the network, and a traceback could quote what the client sent."""
+        kind = type(sys.exc_info()[1]).__name__
+        log.warning("connection from %s failed: %s", client_address[0], kind)
+
+
+def _turn_away(request: socket.socket) -> None:
+    """A best-effort 503 on a connection beyond the cap: never blocks the accepting thread."""
+    try:
+        request.setblocking(False)
+        request.send(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+    except OSError:
+        pass
 
 
 def serve(metrics: Metrics, address: str, interval: float,
           on_push: Callable[[], None] | None = None,
-          webhook_secret: str | None = None) -> ThreadingHTTPServer:
-    """Serve in a thread. POST /webhook wakes the loop (`on_push`) for a genuine push."""
+          webhook_secret: str | None = None, *,
+          timeout: float = REQUEST_TIMEOUT,
+          max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
+    """Serve in a thread. POST /webhook wakes the loop (`on_push`) for a genuine push.
+
+    The port is open to whoever can reach it: a client silent for `timeout` seconds is
+    dropped, at most `max_connections` are handled at once, and a webhook body is read only
+    once its length is known to be at most MAX_WEBHOOK_BODY. Port 0 picks a free port
+    (`server.server_address` tells which)."""
     host, _, port = address.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             if self.path != "/webhook" or on_push is None:
-                self._send(404, b"not found\n")
+                self._refuse(404, b"not found\n")
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if not webhook_secret or length > MAX_WEBHOOK_BODY:
-                self._send(403 if not webhook_secret else 413,
-                           b"webhooks need --webhook-secret-file\n" if not webhook_secret
-                           else b"too large\n")
+            if not webhook_secret:
+                self._refuse(403, b"webhooks need --webhook-secret-file\n")
+                return
+            length = _body_length(self.headers)
+            if isinstance(length, tuple):
+                log.warning("webhook from %s refused unread: %d %s", self.client_address[0],
+                            length[0], length[1].decode().strip())
+                self._refuse(*length)
                 return
             body = self.rfile.read(length)
+            if len(body) < length:
+                self.close_connection = True  # the client hung up mid-body
+                return
             forge, verdict = classify(dict(self.headers.items()), body, webhook_secret)
             metrics.webhooks.labels(forge, str(verdict)).inc()
             if verdict in (Hook.UNSIGNED, Hook.FORGED):
@@ -173,9 +262,16 @@ def serve(metrics: Metrics, address: str, interval: float,
             self.end_headers()
             self.wfile.write(body)
 
+        def _refuse(self, code: int, body: bytes) -> None:
+            """Answer without reading the body, then close: left unread on a kept-alive
+            connection, the body would be parsed as the next request."""
+            self.close_connection = True
+            self._send(code, body)
+
         def log_message(self, *args: Any) -> None:
             pass  # scrapes every few seconds would drown the controller's own log
 
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    Handler.timeout = timeout  # StreamRequestHandler.setup puts it on every socket
+    server = _Server((host or "127.0.0.1", int(port)), Handler, max_connections)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
