@@ -4,6 +4,7 @@ Each forge is a `Forge`: how to post a status and how to read the statuses of a 
 own API's words. `ForgeStatusSink` does the rest once for all of them: the 140-character
 description, the target URL template, no duplicate (same context, state and description),
 retries with backoff on 5xx and rate limits. Tokens reach only the Authorization header.
+`approval_of` reads who merged the pull (merge) request merged as a commit, and who approved it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,26 @@ class PullRequest:
     url: str
 
 
+@dataclass(frozen=True)
+class ForgeApproval:
+    """The pull (merge) request merged as a commit: who merged it, who approved it in review.
+
+    Identities are lower-cased: the login (GitLab: username) and, when the API shows it, the
+    email. Gitea shows a user's email to admins and to the user, to other callers unless it is
+    kept private, and otherwise a placeholder `<id>+<login>@<no-reply domain>`; 1.26 always
+    shows the merger's placeholder (it converts `merged_by` without the caller).
+    """
+
+    pr: int
+    merged_by: tuple[str, ...]
+    approved_by: tuple[str, ...]
+
+    @property
+    def identities(self) -> frozenset[str]:
+        """Everyone who merged or approved: any of them may be a configured approver."""
+        return frozenset(self.merged_by) | frozenset(self.approved_by)
+
+
 class Forge(Protocol):
     name: str
 
@@ -60,6 +81,16 @@ class Forge(Protocol):
     def statuses(self, client: httpx.Client, sha: Sha) -> list[Status]:
         """The commit's statuses, newest first."""
         ...
+
+    def approval_of(self, client: httpx.Client, merge_commit: Sha) -> ForgeApproval | None:
+        """The merged pull (merge) request whose merge (or squash) commit is `merge_commit`, into
+        any branch (the caller checks which), with who merged and approved it; None if the
+        commit merged none."""
+        ...
+
+
+REVIEWS_PAGE = 50  # reviews per page (Gitea's default maximum)
+REVIEWS_PAGES = 20  # more than 1000 reviews on one pull request: refuse to decide
 
 
 def _check(response: httpx.Response, what: str) -> httpx.Response:
@@ -127,6 +158,105 @@ class GiteaLike:
                             json={"state": "closed"}),
                f"{self.name}: closing pull request #{pr.number}")
 
+    def approval_of(self, client: httpx.Client, merge_commit: Sha) -> ForgeApproval | None:
+        pr = self._merged_as(client, merge_commit)
+        if pr is None:
+            return None
+        number = int(pr["number"])
+        reviews = _pages(client, f"{self.prefix}/repos/{self.repo}/pulls/{number}/reviews",
+                         f"{self.name}: reading the reviews of pull request #{number}")
+        return ForgeApproval(number, _identities(pr.get("merged_by")),
+                             _approved(reviews, self._head_at_merge(client, pr)))
+
+    def _merged_as(self, client: httpx.Client, sha: Sha) -> dict[str, Any] | None:
+        """The merged pull request whose merge commit is `sha`, as `GET .../pulls/{n}` shows it.
+
+        Gitea: `GET /repos/{o}/{r}/commits/{sha}/pull` (404: none). GitHub: the list of
+        `GET /repos/{o}/{r}/commits/{sha}/pulls`, whose entries lack `merged_by`."""
+        what = f"{self.name}: finding the pull request merged as {sha[:7]}"
+        if self.name != "github":
+            response = client.get(f"{self.prefix}/repos/{self.repo}/commits/{sha}/pull")
+            if response.status_code == 404:
+                return None
+            pr: dict[str, Any] = _check(response, what).json()
+            return pr if _is_merged_as(pr, sha) else None
+        listed = _check(client.get(f"{self.prefix}/repos/{self.repo}/commits/{sha}/pulls"),
+                        what).json()
+        number = next((int(p["number"]) for p in listed if _is_merged_as(p, sha)), None)
+        if number is None:
+            return None
+        pr = _check(client.get(f"{self.prefix}/repos/{self.repo}/pulls/{number}"), what).json()
+        return pr if _is_merged_as(pr, sha) else None
+
+    def _head_at_merge(self, client: httpx.Client, pr: dict[str, Any]) -> str:
+        """The head commit the pull request had when it was merged: approvals of it count.
+
+        GitHub freezes `head.sha` when a pull request closes. Gitea's `head.sha` follows the head
+        branch while it exists, and the next canary reuses the promote branch. So on Gitea: a
+        merge commit's last parent is exactly the head it merged; squash and fast-forward merges
+        leave no such trace, and `refs/pull/{n}/head` tells (Gitea moves it in a push's
+        post-receive hook, and only while the request is open)."""
+        if self.name == "github":
+            return str((pr.get("head") or {}).get("sha") or "")
+        number, sha = int(pr["number"]), str(pr["merge_commit_sha"])
+        commit = _check(client.get(f"{self.prefix}/repos/{self.repo}/git/commits/{sha}", params={
+            "stat": "false", "verification": "false", "files": "false"}),
+            f"{self.name}: reading the merge commit {sha[:7]}").json()
+        parents = [str(p.get("sha") or "") for p in commit.get("parents") or []]
+        if len(parents) > 1:
+            return parents[-1]
+        ref = _check(client.get(f"{self.prefix}/repos/{self.repo}/git/refs/pull/{number}/head"),
+                     f"{self.name}: reading the head of pull request #{number}").json()
+        found = ref if isinstance(ref, dict) else next(
+            (r for r in ref if r.get("ref") == f"refs/pull/{number}/head"), {})
+        return str((found.get("object") or {}).get("sha") or "")
+
+
+def _is_merged_as(pr: dict[str, Any], sha: Sha) -> bool:
+    merged = bool(pr.get("merged")) or bool(pr.get("merged_at"))
+    return merged and pr.get("merge_commit_sha") == sha
+
+
+# A verdict: Gitea's APPROVED / REQUEST_CHANGES, GitHub's APPROVED / CHANGES_REQUESTED. Comments
+# (COMMENT, COMMENTED), pending drafts and Gitea's REQUEST_REVIEW carry none and leave a
+# reviewer's verdict as it was, as on both forges; GitHub's DISMISSED and Gitea's `dismissed`
+# take the review back.
+_VERDICTS = frozenset({"APPROVED", "REQUEST_CHANGES", "CHANGES_REQUESTED"})
+
+
+def _approved(reviews: list[dict[str, Any]], head: str) -> tuple[str, ...]:
+    """Identities of every reviewer whose latest verdict approves, given on `head` itself.
+
+    Only the head at merge counts: an approval of an older commit approved other content (Gitea
+    then also marks it `stale`, but `commit_id` is what says which content was approved).
+    Gitea's `official` is not required: the configured approvers decide who counts."""
+    latest: dict[str, dict[str, Any]] = {}
+    for review in sorted(reviews, key=lambda r: int(r.get("id") or 0)):
+        login = str((review.get("user") or {}).get("login") or "").lower()
+        if login and review.get("state") in _VERDICTS and not review.get("dismissed"):
+            latest[login] = review
+    approvals = [r for r in latest.values()
+                 if r["state"] == "APPROVED" and head and r.get("commit_id") == head]
+    return tuple(dict.fromkeys(i for r in approvals for i in _identities(r.get("user"))))
+
+
+def _identities(user: dict[str, Any] | None, login: str = "login") -> tuple[str, ...]:
+    """A user's login (GitLab: username) and email when shown, lower-cased."""
+    found = (str((user or {}).get(key) or "").strip().lower() for key in (login, "email"))
+    return tuple(dict.fromkeys(f for f in found if f))
+
+
+def _pages(client: httpx.Client, url: str, what: str) -> list[dict[str, Any]]:
+    """Every item of a paginated list (Gitea: `limit`, GitHub and GitLab: `per_page`)."""
+    items: list[dict[str, Any]] = []
+    for page in range(1, REVIEWS_PAGES + 1):
+        batch = _check(client.get(url, params={"page": page, "limit": REVIEWS_PAGE,
+                                               "per_page": REVIEWS_PAGE}), what).json()
+        items.extend(batch)
+        if len(batch) < REVIEWS_PAGE:
+            return items
+    raise ApiError(f"{what}: more than {REVIEWS_PAGE * REVIEWS_PAGES} of them")
+
 
 class GitLab:
     """GitLab: `POST /projects/:id/statuses/:sha`, states pending/running/success/failed."""
@@ -186,6 +316,34 @@ class GitLab:
                f"gitlab: commenting on merge request !{pr.number}")
         _check(client.put(f"{self._mrs()}/{pr.number}", json={"state_event": "close"}),
                f"gitlab: closing merge request !{pr.number}")
+
+    def approval_of(self, client: httpx.Client, merge_commit: Sha) -> ForgeApproval | None:
+        """GitLab approves a merge request, not a commit: whether a push resets approvals is the
+        project's setting ("Remove all approvals when commits are added")."""
+        listed = _check(client.get(f"{self.prefix}/projects/{self.project}/repository/commits/"
+                                   f"{merge_commit}/merge_requests"),
+                        f"gitlab: finding the merge request merged as {merge_commit[:7]}").json()
+        iid = next((int(mr["iid"]) for mr in listed if _gitlab_merged_as(mr, merge_commit)), None)
+        if iid is None:
+            return None
+        mr = _check(client.get(f"{self._mrs()}/{iid}"),
+                    f"gitlab: reading merge request !{iid}").json()
+        if not _gitlab_merged_as(mr, merge_commit):
+            return None
+        approvals = _check(client.get(f"{self._mrs()}/{iid}/approvals"),
+                           f"gitlab: reading the approvals of merge request !{iid}").json()
+        approved = (i for a in approvals.get("approved_by") or []
+                    for i in _identities(a.get("user"), "username"))
+        # `merged_by` is deprecated for `merge_user` (who merged, or set auto-merge).
+        merger = mr.get("merge_user") or mr.get("merged_by")
+        return ForgeApproval(iid, _identities(merger, "username"), tuple(dict.fromkeys(approved)))
+
+
+def _gitlab_merged_as(mr: dict[str, Any], sha: Sha) -> bool:
+    """Merged as `sha`: its merge commit, or its squash commit when squashed without one. A
+    fast-forward merge without squashing leaves both null: GitLab names no commit, so None."""
+    return mr.get("state") == "merged" and sha in (mr.get("merge_commit_sha"),
+                                                   mr.get("squash_commit_sha"))
 
 
 def _newest_first(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
