@@ -66,15 +66,22 @@ def api_client(path: Path) -> Iterator[client.ApiClient]:
 
 @contextlib.contextmanager
 def namespace(api: client.ApiClient, stem: str) -> Iterator[str]:
-    """A fresh namespace, deleted (in the background) afterwards."""
+    """A fresh namespace and its `<name>-state` twin for the controller's records (git may
+    never write there), both deleted (in the background) afterwards."""
     name = f"{stem}-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    for each in (name, state_of(name)):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=each)))
     try:
         yield name
     finally:
-        with contextlib.suppress(ApiException):
-            core.delete_namespace(name, propagation_policy="Background")
+        for each in (name, state_of(name)):
+            with contextlib.suppress(ApiException):
+                core.delete_namespace(each, propagation_policy="Background")
+
+
+def state_of(namespace: str) -> str:
+    return f"{namespace}-state"
 
 
 def git(cwd: Path, *args: str) -> str:

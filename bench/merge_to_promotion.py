@@ -62,6 +62,7 @@ from benchlib import (
     namespace,
     say,
     service,
+    state_of,
     wait_for,
 )
 from kubernetes import client
@@ -264,7 +265,7 @@ def run_mode(result: ModeResult, gitea: localgitea.Gitea, api: client.ApiClient,
             trust_env=False))
         forge_api = make_forge("gitea", repo)
         reconciler = Reconciler(
-            source, Kube(api, frozenset({ns}), state_namespace=ns),
+            source, Kube(api, frozenset({ns}), state_namespace=state_of(ns)),
             ForgeStatusSink(forge_api, http, "http://grafana.local/d/canary?app={app}"),
             promotions=PromotionRequests(forge_api, http, source))
         reconciles = Reconciles()

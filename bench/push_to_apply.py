@@ -46,6 +46,7 @@ from benchlib import (
     namespace,
     say,
     service,
+    state_of,
     timed,
     wait_for,
 )
@@ -109,7 +110,7 @@ def run_controller(url: str, workdir: Path, ns: str, config: Path, interval: flo
     process = subprocess.Popen(
         [sys.executable, "-m", "controller", "--log-level", "INFO", "run", "--repo", url,
          "--branch", "main", "--interval", f"{interval:g}s", "--workdir", str(workdir),
-         "--namespaces", ns, "--state-namespace", ns, "--kubeconfig", str(config)],
+         "--namespaces", ns, "--state-namespace", state_of(ns), "--kubeconfig", str(config)],
         cwd=CODE, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         yield process

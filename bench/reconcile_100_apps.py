@@ -32,6 +32,7 @@ from benchlib import (
     namespace,
     say,
     service,
+    state_of,
     timed,
 )
 from kubernetes import client
@@ -66,7 +67,7 @@ def build_repo(root: Path, ns: str, apps: int) -> DeployRepo:
 def new_reconciler(remote: Path, workdir: Path, api: client.ApiClient, ns: str) -> Reconciler:
     """As tests/controller/conftest.py builds it."""
     source = GitSource(str(remote), "main", workdir)
-    kube = Kube(api, frozenset({ns}), state_namespace=ns)
+    kube = Kube(api, frozenset({ns}), state_namespace=state_of(ns))
     return Reconciler(source, kube, GitNotesSink(source))
 
 

@@ -23,7 +23,7 @@ SAMPLES_PER_WINDOW = 20
 
 
 def _measure(prom: Prometheus, policy: Policy, metric: Metric, variant: Variant,
-             workloads: Sequence[str], now: float,
+             workloads: Sequence[tuple[str, str]], now: float,
              window: int) -> Counts | tuple[float, ...] | None:
     values = variables(policy.app, policy.namespace, str(variant), workloads, window)
     try:
@@ -42,7 +42,7 @@ def _measure(prom: Prometheus, policy: Policy, metric: Metric, variant: Variant,
         return None
 
 
-def analyze(prom: Prometheus, policy: Policy, workloads: Sequence[str], now: float,
+def analyze(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]], now: float,
             since: float | None = None) -> Judgement:
     """Judge the variants over the policy's window, cut at `since` (when they became ready):
     series of pods from before (a replaced canary's) must not count."""

@@ -15,7 +15,7 @@ from controller.domain.policy import POLICY_FILE, Policy, parse_policy
 from controller.domain.render import fingerprint
 from controller.domain.types import Fingerprint, Sha
 from controller.edges.git import AppFolder, GitRepo
-from controller.errors import InputError
+from controller.errors import CanaryError, InputError
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class AppReader:
 
     def desired(self, head: Sha, folder: AppFolder) -> Desired:
         policy, manifests = self.parse(folder, folder.tree)
-        fp = fingerprint(manifests)
+        fp = fingerprint(manifests, policy.governance)
         return Desired(folder, policy, manifests, fp, self.revision(head, folder, fp))
 
     def parse(self, folder: AppFolder, tree: str) -> tuple[Policy, list[Manifest]]:
@@ -90,10 +90,26 @@ class AppReader:
         except InputError:
             return None
 
+    def policy_at(self, commit: Sha, folder: AppFolder) -> Policy | None:
+        """The app's policy as it was at a commit (None when the folder or its canary.yaml was
+        not there, or did not parse): the policy of the revision stable runs governs who may
+        approve the next canary."""
+        try:
+            tree = self.repo.folder_tree(commit, folder.path)
+        except (ValueError, CanaryError):
+            return None  # a commit the repository does not have (rewritten history)
+        if tree is None:
+            return None
+        try:
+            return self.parse(folder, tree)[0]
+        except InputError:
+            return None
+
     def _fingerprint_of(self, folder: AppFolder, tree: str) -> Fingerprint | None:
         if tree not in self._fingerprints:
             try:
-                self._fingerprints[tree] = fingerprint(self.parse(folder, tree)[1])
+                policy, manifests = self.parse(folder, tree)
+                self._fingerprints[tree] = fingerprint(manifests, policy.governance)
             except InputError:
                 self._fingerprints[tree] = None
         return self._fingerprints[tree]

@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ import yaml
 
 from controller import __version__
 from controller.analysis import analyze
+from controller.approvals import ForgeApprovers
 from controller.apps import AppReader
 from controller.domain.judge import judge, parse_input, summary, to_json
 from controller.domain.manifests import parse_manifests, select_files
@@ -209,10 +211,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.namespaces else None
     kube = Kube(connect(args.kubeconfig), namespaces, frozenset(args.allow_cluster_kind),
                 args.state_namespace)
-    sink, promotions = _forge(args, source)
+    sink, promotions, forge_approvers = _forge(args, source)
     reconciler = Reconciler(source, kube, sink, _prometheus(args), promotions=promotions,
                             propose_on_failure=args.promote_pr == "always",
-                            allowed_signers=args.allowed_signers)
+                            allowed_signers=args.allowed_signers,
+                            forge_approvers=forge_approvers)
     if reconciler.prometheus is None:
         log.warning("no --prometheus-url: canaries wait for a person's judgment, unanalysed")
     if args.once:
@@ -235,10 +238,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _forge(args: argparse.Namespace,
-           source: GitSource) -> tuple[StatusSink, PromotionRequests | None]:
+def _forge(args: argparse.Namespace, source: GitSource
+           ) -> tuple[StatusSink, PromotionRequests | None, ForgeApprovers | None]:
     if args.forge == "notes":
-        return GitNotesSink(source), None
+        return GitNotesSink(source), None, None
     token = _secret(args.forge_token_file, "GITOPS_CANARY_FORGE_TOKEN")
     if not (args.forge_url and args.forge_repo and token):
         raise CanaryError(f"--forge {args.forge} needs --forge-url, --forge-repo and a token "
@@ -247,7 +250,13 @@ def _forge(args: argparse.Namespace,
                           headers=auth_headers(args.forge, token))
     forge = make_forge(args.forge, args.forge_repo)
     promotions = None if args.promote_pr == "off" else PromotionRequests(forge, client, source)
-    return ForgeStatusSink(forge, client, args.status_target_url), promotions
+
+    def approvers(commit: Sha) -> frozenset[str]:
+        """Who merged, or approved in review, the pull request merged as `commit`."""
+        approval = forge.approval_of(client, commit)
+        return frozenset() if approval is None else approval.identities
+
+    return ForgeStatusSink(forge, client, args.status_target_url), promotions, approvers
 
 
 def _prometheus(args: argparse.Namespace) -> Prometheus | None:
@@ -272,7 +281,7 @@ def _analyze(args: argparse.Namespace) -> int:
     head = Sha(repo.repo.head.commit.hexsha)
     reader = AppReader(repo)
     desired = reader.desired(head, reader.find(head, args.app))
-    workloads = [m.name for m in desired.manifests if m.kind in WORKLOAD_KINDS]
+    workloads = [(m.kind, m.name) for m in desired.manifests if m.kind in WORKLOAD_KINDS]
     judgement = analyze(prom, desired.policy, workloads, time.time())
     if args.output == "text":
         print(summary(judgement))
@@ -388,7 +397,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _reject(args: argparse.Namespace) -> int:
-    repo, reader, policy_path, revision = _canary_of(args)
+    repo, _, policy_path, revision = _canary_of(args)
     record = None
     if args.kubeconfig:
         kube = Kube(connect(args.kubeconfig), state_namespace=args.state_namespace)
@@ -397,8 +406,7 @@ def _reject(args: argparse.Namespace) -> int:
             raise CanaryError(f"no canary of {args.app} is running (phase {record.phase}): "
                               f"nothing to reject")
     if record is not None and record.stable_revision is not None:
-        return _restore_stable(repo, reader, policy_path, args.app, record.stable_revision,
-                               revision)
+        return _restore_stable(repo, policy_path, args.app, record.stable_revision, revision)
     # Without the cluster's record, the revert of the canary's commit is the best guess.
     try:
         repo.repo.git.revert("--no-edit", revision)
@@ -410,31 +418,63 @@ def _reject(args: argparse.Namespace) -> int:
     return 0
 
 
-def _restore_stable(repo: GitRepo, reader: AppReader, policy_path: Path, app: str,
-                    stable: Sha, canary: Sha) -> int:
-    """Put the app's manifests back as they were at stable's revision: git then equals stable,
-    however many commits the canary took, and the controller deletes the variants."""
-    folder = policy_path.parent
-    relative = folder.relative_to(Path(str(repo.repo.working_dir)))
+def _restore_stable(repo: GitRepo, policy_path: Path, app: str, stable: Sha,
+                    canary: Sha) -> int:
+    """Put the app's folder back as it was at stable's revision, but for its canary.yaml (the
+    approvals and settings stay): git then equals stable, however many commits the canary took,
+    and the controller deletes the variants. The deploy repository is untrusted: the canary may
+    have made a file or a folder a symlink to ~/.ssh, so no Python write goes through the work
+    tree; the commit is made of git objects and git's own checkout puts it in the work tree."""
+    relative = policy_path.parent.relative_to(Path(str(repo.repo.working_dir))).as_posix()
+    folder = "" if relative == "." else relative
     head = Sha(repo.repo.head.commit.hexsha)
-    current = reader.parse(reader.find(head, app), repo.folder_tree(head, str(relative)) or "")
-    old_tree = repo.folder_tree(stable, str(relative))
-    if old_tree is None:
+    old_tree = repo.folder_tree(stable, folder)
+    if old_tree is None or repo._git("cat-file", "-t", old_tree) != "tree":
         raise CanaryError(f"{relative} did not exist at stable's revision {stable[:7]}")
-    old_files = repo.read_folder(old_tree)
-    wanted = {name for name in old_files if name != POLICY_FILE}
-    now = {Path(m.source.split("#")[0]).relative_to(relative).as_posix() for m in current[1]}
-    for name in sorted(wanted):
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(old_files[name])
-    for name in sorted(now - wanted):
-        (folder / name).unlink()
-    repo.repo.git.add("--all", "--", str(folder))
-    repo.repo.index.commit(f"Reject {app} canary {canary[:7]}: back to stable {stable[:7]}\n\n"
-                           f"Restores {relative} (except canary.yaml) as of {stable}.")
-    print(f"committed {repo.repo.head.commit.hexsha[:7]}: {app} back to stable {stable[:7]}; "
+    commit = _stable_commit(repo, head, folder, old_tree,
+                            f"Reject {app} canary {canary[:7]}: back to stable {stable[:7]}\n\n"
+                            f"Restores {relative} (except canary.yaml) as of {stable}.")
+    _move_to(repo, head, commit, f"gitops-canary reject {app}: back to stable {stable[:7]}")
+    print(f"committed {commit[:7]}: {app} back to stable {stable[:7]}; "
           f"push it (or open a pull request) to reject the canary {canary[:7]}")
     return 0
+
+
+def _stable_commit(repo: GitRepo, head: Sha, folder: str, tree: str, message: str) -> Sha:
+    """A child of HEAD whose `folder` is `tree` except for HEAD's canary.yaml, built in a
+    temporary index from git objects alone: nothing of the work tree is read or written, so a
+    symlink there leads nowhere, and symlinks in `tree` stay symlinks (git's semantics)."""
+    policy = f"{folder}/{POLICY_FILE}" if folder else POLICY_FILE
+    entry = repo._git("ls-tree", "--full-tree", head, "--", policy).partition("\t")[0].split()
+    if len(entry) != 3:
+        raise CanaryError(f"{policy}: not in HEAD {head[:7]}")
+    mode, _, policy_blob = entry
+    with tempfile.TemporaryDirectory() as tmp, repo.repo.git.custom_environment(
+            GIT_INDEX_FILE=str(Path(tmp) / "index"), GIT_LITERAL_PATHSPECS="1"):
+        if folder:
+            repo._git("read-tree", head)
+            # --cached -f: the index only, without even looking at the work tree.
+            repo._git("rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch", "--", folder)
+            repo._git("read-tree", f"--prefix={folder}/", tree)
+        else:
+            repo._git("read-tree", tree)
+        repo._git("update-index", "--add", "--replace", "--cacheinfo",
+                  f"{mode},{policy_blob},{policy}")
+        new_tree = repo._git("write-tree")
+    return Sha(repo._git("commit-tree", new_tree, "-p", head, "-m", message))
+
+
+def _move_to(repo: GitRepo, head: Sha, commit: Sha, reason: str) -> None:
+    """Move the work tree, the index and then the branch from HEAD to `commit` with git's own
+    checkout (a two-tree read-tree): a path the canary made a symlink is replaced by the file or
+    folder, never written through, and git refuses to overwrite changes or untracked files."""
+    repo._git("read-tree", "-m", "-u", head, commit)
+    try:
+        repo._git("update-ref", "-m", reason, "HEAD", commit, head)
+    except CanaryError:
+        # HEAD moved meanwhile: put the work tree back where that commit left it.
+        repo._git("read-tree", "-m", "-u", commit, head)
+        raise
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.analysis import analyze
+from controller.approvals import ForgeApprovers, Gate
 from controller.apps import AppReader, Desired
+from controller.domain.inventory import Plan, owned, plan
 from controller.domain.machine import (
     Action,
     Decision,
@@ -33,7 +35,6 @@ from controller.domain.render import (
     Key,
     Rendered,
     forget_previous,
-    key_of,
     live_fingerprint,
     render,
     variant_replicas,
@@ -41,6 +42,7 @@ from controller.domain.render import (
 from controller.domain.types import (
     ANNOTATION_FINGERPRINT,
     ANNOTATION_PREVIOUS_FINGERPRINT,
+    ANNOTATION_REVISION,
     LABEL_VERSION,
     WORKLOAD_KINDS,
     AppName,
@@ -86,18 +88,38 @@ class Result:
         return min(due) if due else None
 
 
+class Claims:
+    """Which folder owns which app name: the one its record names, while that folder still
+    exists; a name without a record goes to the first folder (in path order) that claims it."""
+
+    def __init__(self, records: dict[AppName, Record], paths: set[str]) -> None:
+        self.by_path = {r.path: r for r in records.values() if r.path is not None}
+        self._owners = {app: r.path for app, r in records.items()
+                        if r.path is not None and r.path in paths}
+
+    def owner(self, app: AppName, path: str) -> str | None:
+        """The folder that owns `app` when it is not `path` (None: `path` may take it)."""
+        owner = self._owners.get(app)
+        return owner if owner is not None and owner != path else None
+
+    def take(self, app: AppName, path: str) -> None:
+        self._owners.setdefault(app, path)
+
+
 class Reconciler:
     def __init__(self, source: GitSource, kube: Kube, sink: StatusSink,
                  prometheus: Prometheus | None = None,
                  clock: Callable[[], float] = time.time,
                  promotions: PromotionRequests | None = None,
                  propose_on_failure: bool = False,
-                 allowed_signers: Path | None = None) -> None:
+                 allowed_signers: Path | None = None,
+                 forge_approvers: ForgeApprovers | None = None) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
         self.prometheus = prometheus
         self.promotions, self.propose_on_failure = promotions, propose_on_failure
-        self.allowed_signers = allowed_signers
         self.reader = AppReader(source)
+        self.gate = Gate(source, self.reader, allowed_signers, forge_approvers)
+        self._refused_claims: set[tuple[str, str]] = set()
 
     # --- the loop body ----------------------------------------------------------------------
 
@@ -108,40 +130,46 @@ class Reconciler:
         except CanaryError as error:
             log.error("reconcile skipped: %s", error)
             return Result(None, error=str(error))
+        folders = self.source.apps(head)
+        claims = Claims(records, {f.path for f in folders})
         outcomes = []
-        seen: dict[str, str] = {}
-        by_path = {r.path: r for r in records.values() if r.path is not None}
-        for folder in self.source.apps(head):
-            outcomes.append(self._reconcile_app(head, folder, records, by_path.get(folder.path),
-                                                seen))
+        for folder in folders:
+            outcome = self._reconcile_app(head, folder, records, claims)
+            if outcome is not None:
+                outcomes.append(outcome)
         return Result(head, tuple(outcomes))
 
     def _reconcile_app(self, head: Sha, folder: AppFolder, records: dict[AppName, Record],
-                       prior: Record | None, seen: dict[str, str]) -> Outcome:
+                       claims: Claims) -> Outcome | None:
         started = time.monotonic()
+        prior = claims.by_path.get(folder.path)
         if prior is not None and prior.observed_tree == folder.tree and prior.error is None \
                 and prior.phase is Phase.STABLE and not prior.unposted:
-            seen[prior.app] = folder.path
+            claims.take(prior.app, folder.path)
             return Outcome(prior.app, prior, skipped=True)  # unchanged in git, nothing in flight
         try:
             desired: Desired | InputError = self._desired(head, folder)
         except InputError as error:
             desired = error
         app = AppName(desired.policy.app if isinstance(desired, Desired) else folder.name)
-        if app in seen:
-            desired = InputError(f"{folder.path}/{POLICY_FILE}", "app",
-                                 f"app {app} is already defined in {seen[app]}")
-        seen[app] = folder.path
+        owner = claims.owner(app, folder.path)
+        if owner is not None:
+            self._refuse_claim(head, folder, app, owner)
+            return None  # the app's record and objects are its owner's: nothing changes
+        claims.take(app, folder.path)
         record = dataclasses.replace(records.get(app) or Record(app=app), path=folder.path)
 
         try:
             now = self.clock()
-            observation, rendered = self._observe(head, folder, desired, record, now)
+            observation, rendered, variants = self._observe(head, folder, desired, record, now)
             decision = advance(record, observation, now)
-            outcome = self._act(app, record, decision, rendered, desired)
+            outcome = self._act(head, app, record, decision, rendered, desired, variants)
             self._follow_up(app, head, folder, decision, outcome.record)
         except TransientError as error:
             log.warning("app %s: %s (retrying on the next reconcile)", app, error)
+            return Outcome(app, record)
+        except CanaryError as error:  # a refusal no stage turned into a status: log, go on
+            log.error("app %s: %s", app, error)
             return Outcome(app, record)
         log.info("app %s: phase %s, actions %s (%.0f ms)", app, outcome.record.phase,
                  ",".join(outcome.actions) or "none", (time.monotonic() - started) * 1000)
@@ -150,23 +178,44 @@ class Reconciler:
             outcome = dataclasses.replace(outcome, next_analysis=due)
         return outcome
 
+    def _refuse_claim(self, head: Sha, folder: AppFolder, app: AppName, owner: str) -> None:
+        """A folder claiming an app name another folder holds: an error status on the commit
+        that last changed it (once per tree), and nothing else."""
+        if (folder.tree, app) in self._refused_claims:
+            return
+        where = f"{folder.path}/{POLICY_FILE}" if folder.path else POLICY_FILE
+        message = (f"{where}: app: the name {app} belongs to {owner or 'the repository root'}; "
+                   f"choose another name")
+        log.error("app %s: %s", app, message)
+        try:
+            sha = self.source.last_change(head, folder.path)
+            self.sink.post(app, sha, StatusState.ERROR, message)
+        except CanaryError as error:
+            log.warning("app %s: posting the refusal: %s (again on the next reconcile)", app,
+                        error)
+            return
+        self._refused_claims.add((folder.tree, app))
+
     # --- observe ----------------------------------------------------------------------------
 
     def _desired(self, head: Sha, folder: AppFolder) -> Desired:
         return self.reader.desired(head, folder)
 
     def _observe(self, head: Sha, folder: AppFolder, desired: Desired | InputError,
-                 record: Record, now: float) -> tuple[Observation, Rendered | None]:
+                 record: Record, now: float
+                 ) -> tuple[Observation, Rendered | None, list[KubeObject]]:
         if isinstance(desired, InputError):
             return Observation(tree=folder.tree, problem=str(desired),
-                               problem_sha=self.source.last_change(head, folder.path)), None
+                               problem_sha=self.source.last_change(head, folder.path)), None, []
         try:
             self.kube.admit(m.obj for m in desired.manifests)
         except CanaryError as error:
             if error.transient:
                 raise
+            # The folder's last change brought the refused object in (a Service, say, that
+            # changes no workload and so no canary revision).
             return Observation(tree=folder.tree, problem=str(error),
-                               problem_sha=desired.revision), None
+                               problem_sha=self.source.last_change(head, folder.path)), None, []
         live: dict[Key, KubeObject] = {}
         for m in desired.manifests:
             if m.kind in WORKLOAD_KINDS or m.kind in ("ConfigMap", "Secret"):
@@ -174,25 +223,36 @@ class Reconciler:
                 if found is not None:
                     found.setdefault("kind", m.kind)
                     live[m.key] = found
-        policy, manifests = desired.policy, desired.manifests
+        policy, manifests, fp = desired.policy, desired.manifests, desired.fingerprint
         rendered = render(policy, manifests, live, desired.revision)
         workloads = [m for m in manifests if m.kind in WORKLOAD_KINDS]
         stable = [live.get(m.key) for m in workloads]
-        variants = self.kube.variants(policy.namespace, policy.app)
+        annotations = [((s or {}).get("metadata") or {}).get("annotations") or {}
+                       for s in stable]
+        moving = [a for a, s in zip(annotations, stable, strict=True)
+                  if s is not None and a.get(ANNOTATION_FINGERPRINT) != fp]
+        previous = {a.get(ANNOTATION_PREVIOUS_FINGERPRINT) for a in moving}
+        variants = self._variants(record, policy)
         canaries = [v for v in variants if v["kind"] in WORKLOAD_KINDS
                     and v["metadata"].get("labels", {}).get(LABEL_VERSION) == Variant.CANARY]
-        annotations = (stable[0] or {}).get("metadata", {}).get("annotations") or {} \
-            if stable else {}
         replicas = [m.obj.get("spec", {}).get("replicas") for m in workloads]
+        # Who may approve is the policy of the revision stable runs, never the one approved.
+        revisions = {str(a.get(ANNOTATION_REVISION) or "")
+                     for a, s in zip(annotations, stable, strict=True) if s is not None} - {""}
+        stable_revision = Sha(revisions.pop()) if len(revisions) == 1 else record.stable_revision
+        governing = self.reader.policy_at(stable_revision, folder) if stable_revision \
+            else policy if not any(stable) else None
+        gate = self.gate.check(head, desired, governing, stable_revision)
         observation = Observation(
             tree=folder.tree,
-            fingerprint=desired.fingerprint,
+            fingerprint=fp,
             revision=desired.revision,
-            approval=policy.promote,
+            approval=gate.approval,
             bootstrap_direct=policy.bootstrap == "direct",
             stable_exists=any(s is not None for s in stable),
             stable_fingerprint=live_fingerprint(live, manifests),
-            stable_previous_fingerprint=annotations.get(ANNOTATION_PREVIOUS_FINGERPRINT),
+            stable_previous_fingerprint=previous.pop() if len(previous) == 1 else None,
+            stable_partly_desired=not moving,
             stable_ready=bool(stable) and all(rollout_ready(s) for s in stable),
             stable_replicas=sum(1 if r is None else int(r) for r in replicas),
             variants_present=bool(variants),
@@ -204,70 +264,60 @@ class Reconciler:
                                               policy.percentage),
             analysis_enabled=self.prometheus is not None,
             propose_on_failure=self.propose_on_failure,
-            approval_refused=self._approval_refused(head, desired),
-            judgment_auto=policy.judgment == "auto",
+            approval_refused=gate.refusal,
+            judgment_auto=(governing or policy).judgment == "auto",
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )
         if self.prometheus is not None and analysis_due(record, policy.analysis, now):
-            judgement = analyze(self.prometheus, policy, [m.name for m in workloads], now,
-                                since=record.ready_at)
+            judgement = analyze(self.prometheus, policy, [(m.kind, m.name) for m in workloads],
+                                now, since=record.ready_at)
             observation = dataclasses.replace(observation, analysis=judgement)
-        return observation, rendered
+        return observation, rendered, variants
 
-    def _approval_refused(self, head: Sha, desired: Desired) -> str | None:
-        """Why the approval of this canary does not count, when canary.yaml asks for
-        `approvers` or `requireSignedApproval`; None when it counts (or there is none)."""
-        policy = desired.policy
-        if not policy.promote or not desired.revision.startswith(policy.promote):
-            return None
-        if not (policy.approvers or policy.require_signed_approval):
-            return None
-        commit = self.reader.approval_commit(head, desired.folder, policy.promote)
-        if commit is None:
-            return "approval refused: the commit that added it was not found"
-        if policy.approvers:
-            email = self.source.author_email(commit)
-            if email.lower() not in {a.lower() for a in policy.approvers}:
-                return (f"approval refused: {commit[:7]} is by {email}, not one of the "
-                        f"approvers of canary.yaml")
-        if policy.require_signed_approval:
-            if self.allowed_signers is None:
-                return ("approval refused: requireSignedApproval, but the controller has no "
-                        "--allowed-signers file")
-            if not self.source.signature_verified(commit, self.allowed_signers):
-                return (f"approval refused: {commit[:7]} has no valid signature of an allowed "
-                        f"key")
-        return None
+    def _variants(self, record: Record, policy: Policy) -> list[KubeObject]:
+        """The app's live variants: those its inventory records (found by label for a record
+        from before inventories)."""
+        if record.inventory is None:
+            return self.kube.variants(policy.namespace, policy.app)
+        return self.kube.objects(o for o in record.inventory if o.role == "variant")
 
     # --- act and record ---------------------------------------------------------------------
 
-    def _act(self, app: AppName, record: Record, decision: Decision, rendered: Rendered | None,
-             desired: Desired | InputError) -> Outcome:
-        # Write-ahead: the intent (say, Promoting) and the statuses to post are in the cluster
-        # before the first write, so a controller killed mid-way resumes instead of guessing,
-        # and a status the sink did not take is posted on the next reconcile.
+    def _act(self, head: Sha, app: AppName, record: Record, decision: Decision,
+             rendered: Rendered | None, desired: Desired | InputError,
+             variants: list[KubeObject]) -> Outcome:
+        # Write-ahead: the intent (say, Promoting), the objects about to be applied and the
+        # statuses to post are in the cluster before the first write, so a controller killed
+        # mid-way resumes instead of guessing, deletes only what it recorded, and a status
+        # the sink did not take is posted on the next reconcile.
         statuses = decision.statuses
         new_record = decision.record
+        writes = self._plan(record, decision, rendered, desired, variants)
         intent = dataclasses.replace(new_record, last_status=record.last_status,
                                      unposted=record.unposted + statuses)
-        if intent != record:
-            self.kube.save_record(intent)
         try:
-            if rendered is not None and isinstance(desired, Desired):
-                if decision.record.promoting == "rollback":
-                    rendered = dataclasses.replace(rendered,
-                                                   stable=forget_previous(rendered.stable))
-                for action in decision.actions:
-                    self._perform(action, rendered, desired.policy)
+            if writes is not None:
+                self.kube.claim(writes.applies, {o.key for o in record.inventory or ()},
+                                adopt_own=record.inventory is None, app=app)
+                intent = dataclasses.replace(intent, inventory=writes.intent)
+                new_record = dataclasses.replace(new_record, inventory=writes.after)
+            if intent != record:
+                self.kube.save_record(intent)
+            if writes is not None:
+                self._perform(app, writes)
         except CanaryError as error:
             if error.transient:
                 raise
             log.error("app %s: %s", app, error)
-            sha = desired.revision if isinstance(desired, Desired) else None
+            # On the commit that brought the refused change: the folder's last one.
+            sha = self.source.last_change(head, desired.folder.path) \
+                if isinstance(desired, Desired) else None
             statuses = (StatusNote(sha, StatusState.ERROR, str(error)),) if sha else ()
-            # Back to what was true before this decision, plus the reason it failed.
-            new_record = dataclasses.replace(record, error=str(error),
+            # Back to what was true before this decision, plus the reason it failed; the
+            # inventory keeps whatever may have been written.
+            inventory = intent.inventory if writes is not None else record.inventory
+            new_record = dataclasses.replace(record, error=str(error), inventory=inventory,
                                              last_status=statuses[-1] if statuses else None)
             intent = dataclasses.replace(new_record, last_status=record.last_status,
                                          unposted=record.unposted + statuses)
@@ -280,6 +330,26 @@ class Reconciler:
         if new_record != intent:
             self.kube.save_record(new_record)
         return Outcome(app, new_record, decision.actions)
+
+    def _plan(self, record: Record, decision: Decision, rendered: Rendered | None,
+              desired: Desired | InputError, variants: list[KubeObject]) -> Plan | None:
+        if rendered is None or not isinstance(desired, Desired):
+            return None
+        if decision.record.promoting == "rollback":
+            rendered = dataclasses.replace(rendered, stable=forget_previous(rendered.stable))
+        # A record from before inventories: the variants found by label are the app's.
+        inventory = record.inventory if record.inventory is not None else tuple(
+            owned(v, "variant") for v in variants)
+        return plan(decision.actions, rendered, inventory, decision.record.first_deployment,
+                    {m.key for m in desired.manifests})
+
+    def _perform(self, app: AppName, writes: Plan) -> None:
+        for step in writes.steps:
+            if step.apply:
+                self.kube.apply(step.apply)
+            for gone in step.delete:
+                self.kube.delete(gone.key, app=app, api_version=gone.api_version)
+        # Promote requests are handled by _follow_up, after the statuses they quote.
 
     def _follow_up(self, app: AppName, head: Sha, folder: AppFolder, decision: Decision,
                    record: Record) -> None:
@@ -331,17 +401,3 @@ class Reconciler:
         self.source.push_to_branch(commit)
         log.info("app %s: judgment auto: pushed %s %s", app,
                  "the approval" if approve else "the revert", commit[:7])
-
-    def _perform(self, action: Action, rendered: Rendered, policy: Policy) -> None:
-        if action is Action.APPLY_STABLE:
-            self.kube.apply([*rendered.passthrough, *rendered.deferred, *rendered.stable])
-        elif action is Action.APPLY_VARIANTS:
-            self.kube.apply([*rendered.passthrough, *rendered.baseline, *rendered.canary])
-            wanted = set(rendered.variant_keys)
-            for obj in self.kube.variants(policy.namespace, policy.app):
-                if key_of(obj) not in wanted:  # left over from a replaced canary
-                    self.kube.delete(key_of(obj))
-        elif action is Action.DELETE_VARIANTS:
-            for obj in self.kube.variants(policy.namespace, policy.app):
-                self.kube.delete(key_of(obj))
-        # Promote requests are handled by _requests, after the statuses they quote.

@@ -64,6 +64,18 @@ def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> I
         core.delete_namespace(name, propagation_policy="Background")
 
 
+@pytest.fixture
+def state_namespace(api_client: client.ApiClient, namespace: str) -> Iterator[str]:
+    """The controller's records live apart from the apps: git may never write there."""
+    name = f"{namespace}-s"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name, propagation_policy="Background")
+
+
 @pytest.fixture(scope="session")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localprometheus.Prometheus]:
     """A real Prometheus on loopback, scraping every second whatever file_sd targets say."""

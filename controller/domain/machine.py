@@ -10,10 +10,15 @@ The decisions, in order (SPEC §2-3):
 - no stable yet: canary only (first deployment), or straight to stable with `bootstrap: direct`;
 - git equals stable: delete the variants if any (a reject); stable is never touched by it;
 - git equals what stable ran before: a rollback, applied directly;
-- an approval (`promote: <sha>`) of exactly this canary revision: promote;
+- an approval (`promote: <sha>`, the full hash) of exactly this canary revision, valid and
+  not used before: promote;
 - otherwise git holds a new spec: baseline and canary, replacing any older canary; once they
   are ready and the warm-up has passed, the analysis judges them every interval until a pass
   (awaiting promotion), a fail, or the deadline (inconclusive).
+
+The record is memory, never authority: a record that says Promoting (edited by hand, or left
+by a promotion that git has since withdrawn) applies nothing to stable unless git still
+justifies it — an approval, a rollback, or `bootstrap: direct`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from controller.domain.types import AppName, Fingerprint, Phase, Sha, StatusStat
 
 NO_FINGERPRINT = Fingerprint("")
 NO_SHA = Sha("")
+USED_APPROVALS_KEPT = 32
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,21 @@ class StatusNote:
     sha: Sha
     state: StatusState
     description: str
+
+
+@dataclass(frozen=True)
+class Owned:
+    """An object the controller applied for an app: the only kind of object it deletes."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    role: str  # "stable", "variant", or "early" (created for a canary before its promotion)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -57,7 +78,11 @@ class Record:
     error: str | None = None
     last_status: StatusNote | None = None
     unposted: tuple[StatusNote, ...] = ()  # decided, not yet accepted by the status sink
-    path: str | None = None  # the app's folder in the repository
+    path: str | None = None  # the app's folder in the repository: it owns the app's name
+    approvals_used: tuple[Sha, ...] = ()  # canary revisions promoted: an approval counts once
+    # Every object the controller applied for the app; it deletes nothing else. None for a
+    # record written before inventories existed (its objects are adopted on the next apply).
+    inventory: tuple[Owned, ...] | None = ()
 
 
 @dataclass(frozen=True)
@@ -69,11 +94,12 @@ class Observation:
     problem_sha: Sha | None = None
     fingerprint: Fingerprint = NO_FINGERPRINT  # empty when there is a problem
     revision: Sha = NO_SHA  # the commit that last changed the workloads
-    approval: str | None = None  # `promote:` of canary.yaml
+    approval: str | None = None  # `promote:` of canary.yaml, when it names this revision
     bootstrap_direct: bool = False
     stable_exists: bool = False
     stable_fingerprint: str | None = None
     stable_previous_fingerprint: str | None = None
+    stable_partly_desired: bool = False  # every stable workload missing or at `fingerprint`
     stable_ready: bool = False
     stable_replicas: int = 0
     variants_present: bool = False
@@ -132,8 +158,9 @@ def _short(sha: str | None) -> str:
 def advance(record: Record, obs: Observation, now: float) -> Decision:
     decision = _decide(record, obs, now)
     refusal = obs.approval_refused
-    if refusal and obs.problem is None and (record.last_status is None
-                                            or record.last_status.description != refusal):
+    moot = obs.stable_fingerprint == obs.fingerprint  # stable runs it already
+    if refusal and obs.problem is None and not moot and (
+            record.last_status is None or record.last_status.description != refusal):
         # An unauthorised approval changes nothing but the status that says so.
         decision = dataclasses.replace(decision, statuses=(
             *decision.statuses, StatusNote(obs.revision, StatusState.ERROR, refusal)))
@@ -151,11 +178,15 @@ def _decide(record: Record, obs: Observation, now: float) -> Decision:
     record = dataclasses.replace(record, error=None)
     fp, rev = obs.fingerprint, obs.revision
 
+    approved = obs.approval == rev and obs.approval_refused is None and \
+        rev not in record.approvals_used
     if record.phase is Phase.PROMOTING and record.canary_fingerprint == fp:
-        return _finish_promotion(record, obs)
-
-    approved = obs.approval is not None and rev.startswith(obs.approval) and \
-        obs.approval_refused is None
+        if obs.stable_fingerprint == fp:
+            return _finish_promotion(record, obs)
+        if _justified(record.promoting, obs, approved):
+            return Decision(record, (Action.APPLY_STABLE,))  # stopped before the apply: redo
+        # Git does not (or no longer) justify it: decide afresh, as for any other record.
+        record = dataclasses.replace(record, phase=Phase.PROGRESSING, promoting=None)
     if not obs.stable_exists:
         if obs.bootstrap_direct:
             return _promote(record, obs, "direct")
@@ -169,6 +200,17 @@ def _decide(record: Record, obs: Observation, now: float) -> Decision:
     if approved:
         return _promote(record, obs, "promote")
     return _canary(record, obs, now, first=False)
+
+
+def _justified(how: str | None, obs: Observation, approved: bool) -> bool:
+    """Does git still justify a promotion the record says is under way?"""
+    if how == "promote":
+        return approved
+    if how == "rollback":
+        return obs.stable_previous_fingerprint == obs.fingerprint
+    if how == "direct":
+        return obs.bootstrap_direct and (not obs.stable_exists or obs.stable_partly_desired)
+    return False
 
 
 def _promote(record: Record, obs: Observation, how: str) -> Decision:
@@ -190,8 +232,6 @@ def _promote(record: Record, obs: Observation, how: str) -> Decision:
 
 
 def _finish_promotion(record: Record, obs: Observation) -> Decision:
-    if obs.stable_fingerprint != obs.fingerprint:
-        return Decision(record, (Action.APPLY_STABLE,))  # stopped before the apply: redo it
     if not obs.stable_ready:
         return Decision(record)
     revision = record.canary_revision or obs.revision
@@ -200,10 +240,13 @@ def _finish_promotion(record: Record, obs: Observation) -> Decision:
              "rollback": f"rolled back: stable runs {_short(revision)} again "
                          f"({obs.stable_replicas} replicas)",
              "direct": f"deployed to stable ({obs.stable_replicas} replicas)"}
+    used = record.approvals_used
+    if record.promoting == "promote" and revision not in used:
+        used = (*used, revision)[-USED_APPROVALS_KEPT:]
     done = dataclasses.replace(
         record, phase=Phase.STABLE, promoting=None, canary_revision=None, canary_fingerprint=None,
         canary_started=None, first_deployment=False, stable_revision=revision, ready_at=None,
-        last_analysis=None)
+        last_analysis=None, approvals_used=used)
     actions = ((Action.DELETE_VARIANTS,) if obs.variants_present else ()) + (
         Action.WITHDRAW_PROMOTION,)
     return Decision(done, actions, (StatusNote(revision, StatusState.SUCCESS,
@@ -290,8 +333,7 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
 
 def _awaiting(revision: Sha, why: str) -> StatusNote:
     return StatusNote(revision, StatusState.SUCCESS,
-                      f"awaiting promotion: {why}; add `promote: {_short(revision)}` to "
-                      f"canary.yaml")
+                      f"awaiting promotion: {why}; approve with promote: {revision}")
 
 
 def _judged(record: Record, obs: Observation, judgement: Judgement, now: float,

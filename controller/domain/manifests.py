@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import yaml
 
 from controller.domain.policy import POLICY_FILE, YAML_LOADER, Policy
-from controller.domain.types import KubeObject
+from controller.domain.types import CONTROLLER_PREFIX, WORKLOAD_KINDS, KubeObject, Variant
 from controller.errors import InputError
 
 # Kinds that live outside namespaces; the Kubernetes edge checks the rest with discovery.
@@ -103,4 +103,38 @@ def _objects(path: str, number: int, doc: object) -> list[KubeObject]:
         raise InputError(path, f"{where}: metadata", "is required (a mapping)")
     if not isinstance(metadata.get("name"), str) or not metadata["name"]:
         raise InputError(path, f"{where}: metadata.name", "is required")
+    _check_controller_fields(path, where, doc)
     return [doc]
+
+
+# Where a manifest could carry labels or annotations that the controller reads or writes.
+_KEYED_MAPS = (("metadata", "labels"), ("metadata", "annotations"),
+               ("spec", "selector", "matchLabels"), ("spec", "template", "metadata", "labels"),
+               ("spec", "template", "metadata", "annotations"))
+VARIANT_KINDS = WORKLOAD_KINDS | {"ConfigMap", "Secret"}
+
+
+def _check_controller_fields(path: str, where: str, doc: KubeObject) -> None:
+    """Git may not write what the controller writes: its own labels and annotations (the
+    fingerprints that decide a rollback, the variant labels that decide what it deletes), nor
+    the names of its variants."""
+    for fields in _KEYED_MAPS:
+        holder: object = doc
+        for field in fields:
+            holder = holder.get(field) if isinstance(holder, dict) else None
+        dotted = ".".join(fields)
+        if holder is None:
+            continue
+        if not isinstance(holder, dict):
+            raise InputError(path, f"{where}: {dotted}", "must be a mapping of strings")
+        for key, value in holder.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise InputError(path, f"{where}: {dotted}",
+                                 f"must be a mapping of strings; {key!r} is not")
+            if key.startswith(CONTROLLER_PREFIX):
+                # Short: the field path is long, and the status has 140 characters.
+                raise InputError(path, f"{where}: {dotted}.{key}", "the controller's own key")
+    name = doc["metadata"]["name"]
+    if doc["kind"] in VARIANT_KINDS and name.endswith(tuple(f"-{v}" for v in Variant)):
+        raise InputError(path, f"{where}: metadata.name",
+                         f"{name} is reserved for the controller's variants")

@@ -19,7 +19,7 @@ POLICY_FILE = "canary.yaml"
 # libyaml's loader when PyYAML has it: parsing is most of an unchanged reconcile's work.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-SHA_PREFIX = re.compile(r"^[0-9a-f]{7,40}$")
+FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # SHA-1 or SHA-256 repositories
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([^{}\s]*)\s*\}\}")
 TEMPLATE_VARIABLES = frozenset({"app", "namespace", "variant", "pod_regex", "window"})
@@ -74,6 +74,15 @@ class Policy:
     approvers: tuple[str, ...] = ()
     require_signed_approval: bool = False
     analysis: Analysis = field(default_factory=Analysis)
+
+    @property
+    def governance(self) -> tuple[object, ...]:
+        """Who may judge, and how: changing it is itself a change that needs approval by the
+        policy stable runs. Empty when nothing is set, so the default changes no fingerprint."""
+        if not (self.approvers or self.require_signed_approval or self.judgment != "manual"):
+            return ()
+        return (sorted(a.lower() for a in self.approvers), self.require_signed_approval,
+                self.judgment)
 
 
 class _Fields:
@@ -251,10 +260,12 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
         raise fields.fail("promote", "must be a quoted string: YAML read this sha as a number")
     promote = fields.take("promote", str, None)
     if promote is not None:
-        promote = promote.lower()
-        if not SHA_PREFIX.match(promote):
-            raise fields.fail("promote", f"must be a commit sha (7 to 40 hex characters); "
-                                         f"got {promote!r}")
+        promote = promote.strip().lower()
+        if not FULL_SHA.match(promote):
+            # A prefix can be brute-forced to match a later commit: only the full hash names
+            # exactly one canary (what `gitops-canary promote` and promote requests write).
+            raise fields.fail("promote", f"must be the full commit sha (40 hex characters) of "
+                                         f"the canary revision; got {promote!r}")
     approvers = fields.strings("approvers", ())
     policy = Policy(
         app=app,

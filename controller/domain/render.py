@@ -103,11 +103,12 @@ def _template(obj: KubeObject) -> Any:
     return obj.get("spec") if obj["kind"] == "Pod" else (obj.get("spec") or {}).get("template")
 
 
-def fingerprint(manifests: list[Manifest]) -> Fingerprint:
+def fingerprint(manifests: list[Manifest], governance: tuple[object, ...] = ()) -> Fingerprint:
     """A hash of everything that changes what the app's pods run: workload pod templates and
-    the content of the ConfigMaps/Secrets they read (when the app defines them)."""
+    the content of the ConfigMaps/Secrets they read (when the app defines them), plus the
+    policy's governance (who may approve), whose change needs approval like a new image."""
     objects = {m.key: m.obj for m in manifests}
-    parts: list[Any] = []
+    parts: list[Any] = [["governance", list(governance)]] if governance else []
     for m in sorted(manifests, key=lambda m: m.key):
         if m.kind not in WORKLOAD_KINDS:
             continue
@@ -186,7 +187,8 @@ def _annotate(obj: KubeObject, values: Mapping[str, str | None]) -> None:
 @dataclass(frozen=True)
 class Rendered:
     fingerprint: Fingerprint
-    passthrough: tuple[KubeObject, ...]  # applied as written, now
+    passthrough: tuple[KubeObject, ...]  # applied as written, when stable changes
+    early: tuple[KubeObject, ...]  # new ConfigMaps/Secrets: a canary may create them first
     deferred: tuple[KubeObject, ...]  # changed ConfigMaps/Secrets pods read: at promotion
     stable: tuple[KubeObject, ...]  # the desired workloads, as stable
     baseline: tuple[KubeObject, ...]  # empty on a first deployment
@@ -204,7 +206,7 @@ def render(
     revision: str = "",
 ) -> Rendered:
     """Everything the controller may apply for this app, given the live stable objects."""
-    fp = fingerprint(manifests)
+    fp = fingerprint(manifests, policy.governance)
     workloads = [m for m in manifests if m.kind in WORKLOAD_KINDS]
     by_key = {m.key: m.obj for m in manifests}
 
@@ -217,13 +219,16 @@ def render(
                     _config_content(by_key[ref]) != _config_content(live[ref]):
                 changed.add(ref)
 
-    passthrough = tuple(copy.deepcopy(m.obj) for m in manifests
+    passthrough = tuple(_owned(m.obj, policy.app) for m in manifests
                         if m.kind not in WORKLOAD_KINDS and m.key not in changed)
-    deferred = tuple(copy.deepcopy(by_key[k]) for k in sorted(changed))
+    deferred = tuple(_owned(by_key[k], policy.app) for k in sorted(changed))
+    # A canary may need a ConfigMap or Secret that does not exist yet: nothing stable reads
+    # it, so it may go first. Everything else that stable (or its clients) reads waits.
+    early = tuple(o for o in passthrough if o["kind"] in CONFIG_KINDS and key_of(o) not in live)
 
     stable = []
     for m in workloads:
-        obj = copy.deepcopy(m.obj)
+        obj = _owned(m.obj, policy.app)
         current = (live.get(m.key) or {}).get("metadata", {}).get("annotations") or {}
         moving = current.get(ANNOTATION_FINGERPRINT) not in (None, fp)
         _annotate(obj, {
@@ -259,7 +264,17 @@ def render(
                                         LABEL_APP: policy.app}
         canary.append(config)
 
-    return Rendered(fp, passthrough, deferred, tuple(stable), tuple(baseline), tuple(canary))
+    return Rendered(fp, passthrough, early, deferred, tuple(stable), tuple(baseline),
+                    tuple(canary))
+
+
+def _owned(obj: KubeObject, app: str) -> KubeObject:
+    """A copy labelled with the app that applies it: who owns an object is visible in the
+    cluster, and the controller deletes nothing that carries another app's name."""
+    clean = copy.deepcopy(obj)
+    meta = clean.setdefault("metadata", {})
+    meta["labels"] = {**(meta.get("labels") or {}), LABEL_APP: app}
+    return clean
 
 
 def forget_previous(stable: tuple[KubeObject, ...]) -> tuple[KubeObject, ...]:
@@ -290,4 +305,4 @@ def planned_objects(policy: Policy, manifests: list[Manifest], live: Mapping[Key
         return [*rendered.passthrough, *rendered.canary]
     if live_fingerprint(live, manifests) == rendered.fingerprint:
         return [*rendered.passthrough, *rendered.deferred, *rendered.stable]
-    return [*rendered.passthrough, *rendered.baseline, *rendered.canary]
+    return [*rendered.early, *rendered.baseline, *rendered.canary]

@@ -13,6 +13,7 @@ Fingerprint = NewType("Fingerprint", str)
 KubeObject = dict[str, Any]
 
 FIELD_MANAGER = "gitops-canary"
+CONTROLLER_PREFIX = "gitops-canary/"  # labels and annotations only the controller writes
 LABEL_VERSION = "gitops-canary/version"
 LABEL_APP = "gitops-canary/app"
 ANNOTATION_FINGERPRINT = "gitops-canary/fingerprint"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +49,31 @@ def credentials_env(token: str | None, username: str = "git") -> dict[str, str]:
     }
 
 
+URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+
+
 def _redact(text: str, secret: str | None) -> str:
+    """The text without the token, nor any credentials written into a URL."""
+    text = URL_CREDENTIALS.sub(r"\1***@", text)
     return text.replace(secret, "***") if secret else text
+
+
+def refuse_credentials(url: str) -> None:
+    """A token in a URL would be stored in the mirror's config and printed by every error that
+    names the remote: credentials come from --git-token-file or the environment only."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("http", "https") and (parts.username or parts.password):
+        raise ApiError(f"--repo {_redact(url, None)}: the URL carries credentials; give the "
+                       f"token with --git-token-file or $GITOPS_CANARY_GIT_TOKEN instead")
+    if parts.scheme and parts.scheme not in ("http", "https") and parts.password:
+        raise ApiError(f"--repo {_redact(url, None)}: the URL carries a password; use an SSH "
+                       f"key or --git-token-file instead")
+
+
+@dataclass(frozen=True)
+class Signature:
+    good: bool  # a valid signature by a key of the allowed-signers file
+    principal: str  # who that key belongs to in the file ("" when not good)
 
 
 class GitRepo:
@@ -76,8 +101,10 @@ class GitRepo:
         except git.GitCommandError as error:
             message = _redact(str(error.stderr or error).strip(), self._token)
             if args and args[0] in ("fetch", "push", "ls-remote"):
-                raise TransientError(f"git {args[0]} {self.where}: {message}") from None
-            raise ApiError(f"git {' '.join(args[:2])}: {message}") from None
+                where = _redact(self.where, self._token)
+                raise TransientError(f"git {args[0]} {where}: {message}") from None
+            raise ApiError(_redact(f"git {' '.join(args[:2])}: {message}", self._token)) \
+                from None
 
     def apps(self, head: Sha) -> list[AppFolder]:
         """Every folder of the commit that holds a canary.yaml, cached by the root tree."""
@@ -136,11 +163,23 @@ class GitRepo:
         parents = self.repo.commit(sha).parents
         return Sha(parents[0].hexsha) if parents else None
 
-    def signature_verified(self, sha: Sha, allowed_signers: Path) -> bool:
-        """Is the commit signed by a key of the allowed-signers file (SSH signatures)?"""
+    def signature(self, sha: Sha, allowed_signers: Path) -> Signature:
+        """The commit's SSH signature, checked against the allowed-signers file: `%G?` is G
+        only for a good signature by a key listed there, `%GS` the principal it is listed
+        for (the person the key belongs to, not whoever the commit claims as author)."""
+        out = self._git("-c", "gpg.format=ssh",
+                        "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}",
+                        "log", "-1", "--format=%G?%x1f%GS", sha)
+        status, _, principal = out.strip().partition("\x1f")
+        good = status == "G"
+        return Signature(good, principal.strip().lower() if good else "")
+
+    def is_ancestor(self, older: Sha, newer: Sha) -> bool:
+        """Is `older` in the history of `newer` (and not `newer` itself)?"""
+        if older == newer:
+            return False
         try:
-            self._git("-c", f"gpg.ssh.allowedSignersFile={allowed_signers}",
-                      "verify-commit", sha)
+            self._git("merge-base", "--is-ancestor", older, newer)
         except ApiError:
             return False
         return True
@@ -151,6 +190,7 @@ class GitSource(GitRepo):
 
     def __init__(self, url: str, branch: str, workdir: Path, token: str | None = None,
                  username: str = "git") -> None:
+        refuse_credentials(url)
         self.url = url if "://" in url or url.startswith("git@") else str(Path(url).resolve())
         self.branch = branch
         if (workdir / "HEAD").exists():

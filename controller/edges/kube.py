@@ -24,7 +24,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
-from controller.domain.machine import Record, StatusNote
+from controller.domain.machine import Owned, Record, StatusNote
 from controller.domain.render import Key, key_of
 from controller.domain.types import (
     FIELD_MANAGER,
@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 RECORD_PREFIX = "gitops-canary."
 MANAGED_BY = {"app.kubernetes.io/managed-by": "gitops-canary"}
-VARIANT_KINDS = (*sorted(WORKLOAD_KINDS), "ConfigMap", "Secret")
+VARIANT_KINDS = (*sorted(WORKLOAD_KINDS), "ConfigMap")
 API_VERSIONS = {"Deployment": "apps/v1", "ReplicaSet": "apps/v1", "StatefulSet": "apps/v1",
                 "DaemonSet": "apps/v1", "Pod": "v1", "ConfigMap": "v1", "Secret": "v1"}
 
@@ -130,6 +130,9 @@ class Kube:
             meta = obj["metadata"]
             if res.namespaced:
                 namespace = meta.get("namespace") or "default"
+                if namespace == self.state_namespace:
+                    raise ForbiddenError(f"{obj['kind']} {meta.get('name')}: the state "
+                                         f"namespace is never written from git")
                 if self.namespaces is not None and namespace not in self.namespaces:
                     allowed = ", ".join(sorted(self.namespaces)) or "none"
                     raise ForbiddenError(f"{describe(obj)}: namespace {namespace} is not allowed "
@@ -163,9 +166,53 @@ class Kube:
             self._apply_one(obj, dry_run=False)
             log.info("applied %s", describe(obj))
 
-    def delete(self, key: Key) -> bool:
+    def claim(self, objects: Sequence[KubeObject], owned: set[Key], adopt_own: bool,
+              app: str) -> None:
+        """Refuse to take over an object the app did not create: one that exists and is not in
+        the app's inventory (`owned`) belongs to another app, another tool or a person. With
+        `adopt_own` (a record from before inventories), what the controller's own field
+        manager applied and no other app's label claims is adopted."""
+        for obj in objects:
+            if key_of(obj) in owned:
+                continue
+            live = self.get(key_of(obj), obj["apiVersion"])
+            if live is None:
+                continue
+            meta = live.get("metadata") or {}
+            managers = sorted({m.get("manager", "?") for m in meta.get("managedFields") or []})
+            if adopt_own and FIELD_MANAGER in managers and \
+                    (meta.get("labels") or {}).get(LABEL_APP) in (None, app):
+                continue
+            owner = (meta.get("labels") or {}).get(LABEL_APP)
+            by = f"app {owner}" if owner else ", ".join(managers) or "someone else"
+            raise ForbiddenError(f"{obj['kind']} {key_of(obj)[2]} exists and is not app "
+                                 f"{app}'s (managed by {by}): never taken over")
+
+    def objects(self, owned: Iterable[Owned]) -> list[KubeObject]:
+        """The live objects of an inventory (those that still exist), one GET each."""
+        found = []
+        for o in owned:
+            obj = self.get(o.key, o.api_version)
+            if obj is not None:
+                obj.setdefault("kind", o.kind)
+                obj.setdefault("apiVersion", o.api_version)
+                found.append(obj)
+        return found
+
+    def delete(self, key: Key, app: str | None = None, api_version: str | None = None) -> bool:
+        """Delete an object; with `app`, only when it carries no other app's label (the
+        inventory says it is the app's, the label confirms nobody else took it)."""
         kind, namespace, name = key
-        res = self.resource(API_VERSIONS.get(kind, "v1"), kind)
+        res = self.resource(api_version or API_VERSIONS.get(kind, "v1"), kind)
+        if app is not None:
+            live = self.get(key, api_version)
+            if live is None:
+                return False
+            owner = ((live.get("metadata") or {}).get("labels") or {}).get(LABEL_APP)
+            if owner not in (None, app):
+                log.error("not deleting %s %s/%s: it is labelled for app %s, not %s", kind,
+                          namespace, name, owner, app)
+                return False
         try:
             _translate(f"deleting {kind} {namespace}/{name}", lambda: self.dynamic.delete(
                 res, name=name, namespace=namespace or None,
@@ -189,7 +236,8 @@ class Kube:
         return obj
 
     def variants(self, namespace: str, app: str) -> list[KubeObject]:
-        """Everything the controller created as baseline or canary for the app."""
+        """Variants found by label, for records from before inventories (Secrets are not
+        listed: the controller may read only the Secrets it names)."""
         selector = f"{LABEL_APP}={app},{LABEL_VERSION}"
         found: list[KubeObject] = []
         for kind in VARIANT_KINDS:
@@ -212,10 +260,16 @@ class Kube:
             res, namespace=self.state_namespace, label_selector=selector)).to_dict()
         records = {}
         for cm in listed.get("items") or []:
-            data = cm.get("data") or {}
-            if cm["metadata"]["name"].startswith(RECORD_PREFIX) and "record" in data:
-                record = record_from_json(data["record"])
-                records[record.app] = record
+            data, name = cm.get("data") or {}, str(cm["metadata"]["name"])
+            if not name.startswith(RECORD_PREFIX) or "record" not in data:
+                continue
+            # A record belongs to the app its ConfigMap is named for, whatever it says inside.
+            app = AppName(name[len(RECORD_PREFIX):])
+            try:
+                records[app] = dataclasses.replace(record_from_json(data["record"]), app=app)
+            except (ValueError, KeyError, TypeError) as error:
+                log.error("record %s/%s does not parse (%s): ignored", self.state_namespace,
+                          name, error)
         return records
 
     def save_record(self, record: Record) -> None:
@@ -236,10 +290,16 @@ def _unnote(data: dict[str, str]) -> StatusNote:
     return StatusNote(Sha(data["sha"]), StatusState(data["state"]), data["description"])
 
 
+STRUCTURED = ("last_status", "unposted", "inventory", "approvals_used")
+
+
 def record_to_json(record: Record) -> str:
-    data = {k: v for k, v in record.__dict__.items() if k not in ("last_status", "unposted")}
+    data = {k: v for k, v in record.__dict__.items() if k not in STRUCTURED}
     data["last_status"] = _note(record.last_status) if record.last_status else None
     data["unposted"] = [_note(n) for n in record.unposted]
+    data["approvals_used"] = list(record.approvals_used)
+    data["inventory"] = None if record.inventory is None else [
+        dataclasses.asdict(o) for o in record.inventory]
     return json.dumps(data, sort_keys=True)
 
 
@@ -247,11 +307,15 @@ def record_from_json(text: str) -> Record:
     data = json.loads(text)
     status = data.pop("last_status", None)
     unposted = data.pop("unposted", None) or []
+    inventory = data.pop("inventory", None)
     known = {f.name for f in dataclasses.fields(Record)}
     values = {k: v for k, v in data.items() if k in known}
     values["phase"] = Phase(values.get("phase", Phase.STABLE))
     values["last_status"] = _unnote(status) if status else None
     values["unposted"] = tuple(_unnote(n) for n in unposted)
+    values["approvals_used"] = tuple(Sha(s) for s in values.get("approvals_used") or ())
+    values["inventory"] = None if inventory is None else tuple(
+        Owned(**{k: str(v) for k, v in o.items()}) for o in inventory)
     return Record(**values)
 
 

@@ -41,7 +41,7 @@ Where to look
     baseline and canary:    rate(requests_total{{pod=~"sampleapp-baseline-.*|sampleapp-canary-.*", custom_status="good"}}[1m])
   controller        http://127.0.0.1:{story.metrics_port}/metrics   (log: {story.state}/logs/controller.log)
   statuses          cd {story.clone} && git fetch origin refs/notes/gitops-canary:refs/notes/gitops-canary && git log --notes=gitops-canary
-  apps              KUBECONFIG={story.kubeconfig} {REPO}/.venv/bin/gitops-canary status --state-namespace {story.namespace}
+  apps              KUBECONFIG={story.kubeconfig} {REPO}/.venv/bin/gitops-canary status --state-namespace {story.state_namespace}
   kubectl           KUBECONFIG={story.kubeconfig} {STATE}/cluster/bin/kubectl -n {story.namespace} get deploy,pods -o wide""")  # noqa: E501
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         say("\nThe statuses, as git shows them (git log --notes=gitops-canary):")
         say("\n".join(f"   {line}" for line in story.notes_log().splitlines() if line))
         say("\nThe app, as `gitops-canary status` shows it:")
-        say(story.cli("status", "--state-namespace", story.namespace))
+        say(story.cli("status", "--state-namespace", story.state_namespace))
         where_to_look(story)
         if args.keep:
             say("\n--keep: everything keeps running; Ctrl-C stops it all.")

@@ -88,9 +88,11 @@ class Story:
         self.kubeconfig = kubeconfig
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         core = client.CoreV1Api(self.api)
-        if self.namespace not in {n.metadata.name for n in core.list_namespace().items}:
-            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-                name=self.namespace)))
+        existing = {n.metadata.name for n in core.list_namespace().items}
+        for name in (self.namespace, self.state_namespace):
+            if name not in existing:
+                core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+                    name=name)))
         self.say("starting Prometheus (file-based discovery of the pods) …")
         self.prometheus = localprometheus.start(self.state / "prometheus")
         self.runner = PodRunner(self.api, self.state / "runner", namespaces=[self.namespace],
@@ -98,6 +100,11 @@ class Story:
         self.runner.start()
         self._make_repo()
         self._start_controller()
+
+    @property
+    def state_namespace(self) -> str:
+        """The controller's records, apart from the app: git never writes there."""
+        return f"{self.namespace}-state"
 
     def _make_repo(self) -> None:
         shutil.rmtree(self.clone, ignore_errors=True)
@@ -126,7 +133,7 @@ class Story:
             sys.executable, "-m", "controller", "run",
             "--repo", str(self.remote), "--interval", self.timing.poll,
             "--kubeconfig", str(self.kubeconfig),
-            "--namespaces", self.namespace, "--state-namespace", self.namespace,
+            "--namespaces", self.namespace, "--state-namespace", self.state_namespace,
             "--prometheus-url", self.prometheus.url,
             "--metrics-address", f"127.0.0.1:{self.metrics_port}",
             "--workdir", str(self.state / "controller-mirror"),

@@ -116,12 +116,13 @@ def variants(prometheus: PrometheusServer, fortio: str, tmp_path: Path,
 
 
 POLICY = Policy(app="sampleapp", namespace=NAMESPACE, analysis=Analysis(window=120))
+WORKLOADS = [("Deployment", "sampleapp")]
 
 
 @pytest.mark.parametrize("variants", [(10, 20)], indirect=True)
 def test_a_canary_with_the_better_success_rate_passes(
         variants: tuple[Prometheus, float]) -> None:
-    judgement = analyze(variants[0], POLICY, ["sampleapp"], time.time(), since=variants[1])
+    judgement = analyze(variants[0], POLICY, WORKLOADS, time.time(), since=variants[1])
     (metric,) = judgement.metrics
     assert judgement.verdict is Verdict.PASS, judgement
     assert metric.result is Result.HIGH
@@ -135,13 +136,13 @@ def test_a_canary_with_the_better_success_rate_passes(
 
 @pytest.mark.parametrize("variants", [(20, 10)], indirect=True)
 def test_reversed_the_canary_fails(variants: tuple[Prometheus, float]) -> None:
-    judgement = analyze(variants[0], POLICY, ["sampleapp"], time.time(), since=variants[1])
+    judgement = analyze(variants[0], POLICY, WORKLOADS, time.time(), since=variants[1])
     assert judgement.verdict is Verdict.FAIL, judgement
     assert judgement.metrics[0].result is Result.LOW
 
 
 def test_unreachable_prometheus_is_inconclusive_never_a_pass() -> None:
     nobody = Prometheus(f"http://127.0.0.1:{free_port()}", timeout=1)
-    judgement = analyze(nobody, POLICY, ["sampleapp"], time.time())
+    judgement = analyze(nobody, POLICY, WORKLOADS, time.time())
     assert judgement.verdict is Verdict.INCONCLUSIVE
     assert [m.result for m in judgement.metrics] == [Result.NODATA]

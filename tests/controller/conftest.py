@@ -105,6 +105,7 @@ class Harness:
     namespace: str
     api: client.ApiClient
     reconciler: Reconciler
+    state_namespace: str
 
     def reconcile(self) -> Result:
         return self.reconciler.reconcile()
@@ -132,14 +133,16 @@ class Harness:
 
 
 def new_reconciler(remote: Path, workdir: Path, api: client.ApiClient,
-                   namespace: str, allowed_signers: Path | None = None) -> Reconciler:
+                   namespace: str, state_namespace: str,
+                   allowed_signers: Path | None = None) -> Reconciler:
     source = GitSource(str(remote), "main", workdir)
-    kube = Kube(api, frozenset({namespace}), state_namespace=namespace)
+    kube = Kube(api, frozenset({namespace}), state_namespace=state_namespace)
     return Reconciler(source, kube, GitNotesSink(source), allowed_signers=allowed_signers)
 
 
 @pytest.fixture
-def harness(deploy_repo: DeployRepo, namespace: str, api_client: client.ApiClient,
-            tmp_path: Path) -> Harness:
+def harness(deploy_repo: DeployRepo, namespace: str, state_namespace: str,
+            api_client: client.ApiClient, tmp_path: Path) -> Harness:
     return Harness(deploy_repo, namespace, api_client,
-                  new_reconciler(deploy_repo.remote, tmp_path / "mirror", api_client, namespace))
+                   new_reconciler(deploy_repo.remote, tmp_path / "mirror", api_client, namespace,
+                                  state_namespace), state_namespace)

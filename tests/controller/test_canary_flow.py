@@ -261,7 +261,7 @@ def test_a_restart_mid_promotion_finishes_the_promotion(harness: Harness,
     assert "sampleapp-canary" in harness.deployments()
 
     harness.reconciler = new_reconciler(harness.repo.remote, tmp_path / "mirror-after-restart",
-                                        harness.api, harness.namespace)
+                                        harness.api, harness.namespace, harness.state_namespace)
     found = harness.settle(lambda: (d := only(harness, "sampleapp")) and ready(d["sampleapp"], 4)
                            and d, "promotion finished")
     assert rate(found["sampleapp"]) == "20"
@@ -302,7 +302,7 @@ def test_the_controller_process_killed_mid_promotion_converges_after_restart(
     command = [sys.executable, "-m", "controller", "--log-level", "debug", "run",
                "--repo", str(harness.repo.remote), "--interval", "1s",
                "--kubeconfig", str(kubeconfig), "--namespaces", harness.namespace,
-               "--state-namespace", harness.namespace,
+               "--state-namespace", harness.state_namespace,
                "--workdir", str(tmp_path / "process-mirror")]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -337,7 +337,7 @@ def test_reject_returns_git_to_stable_across_several_canary_commits(
     harness.settle(lambda: (d := variants_ready(harness)) and rate(d["sampleapp-canary"]) == "40",
                    "the rate-40 canary")
     reject = ["reject", "sampleapp", "--repo", str(harness.repo.clone), "--kubeconfig",
-              str(kubeconfig), "--state-namespace", harness.namespace]
+              str(kubeconfig), "--state-namespace", harness.state_namespace]
     assert main(reject) == 0
     harness.repo.push()
     after = harness.settle(lambda: only(harness, "sampleapp"), "variants deleted")

@@ -28,7 +28,7 @@ namespace: shop
 percentage: 50
 bootstrap: direct
 manifests: ["k8s/*.yml"]
-promote: ABCDEF1
+promote: "ABCDEF1234567890ABCDEF1234567890ABCDEF12"
 judgment: auto
 approvers: [lead@example.com]
 requireSignedApproval: true
@@ -47,7 +47,7 @@ analysis:
     tolerance: 0.1
 """, FILE, "sampleapp")
     assert (policy.app, policy.namespace, policy.percentage) == ("web", "shop", 50)
-    assert policy.promote == "abcdef1"
+    assert policy.promote == "abcdef1234567890abcdef1234567890abcdef12"
     assert policy.manifests == ("k8s/*.yml",)
     assert (policy.analysis.warmup, policy.analysis.window, policy.analysis.deadline) == (
         30, 90, 3600)
@@ -60,8 +60,11 @@ analysis:
     ("percentage: 150", "percentage", "must be in (0, 100]"),
     ("percentage: lots", "percentage", "must be a number, got a string"),
     ("percentage: true", "percentage", "got a boolean"),
-    ("promote: main", "promote", "must be a commit sha"),
-    ("promote: abc", "promote", "must be a commit sha"),
+    ("promote: main", "promote", "must be the full commit sha"),
+    ("promote: abc", "promote", "must be the full commit sha"),
+    # A prefix could be brute-forced onto a later commit: only the full hash approves.
+    ("promote: abcdef1", "promote", "must be the full commit sha (40 hex"),
+    ("promote: abcdef1234567890abcdef1234567890abcdef1", "promote", "must be the full"),
     ("promote: 1234567", "promote", "quoted string"),
     ("bootstrap: yolo", "bootstrap", "must be one of canary, direct"),
     ("replicas: 3", "replicas", "unknown field"),

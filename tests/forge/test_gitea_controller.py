@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from controller.domain.types import Sha
 from controller.edges.forges import ForgeStatusSink, auth_headers, make_forge
 from controller.edges.git import GitSource
 from controller.edges.kube import Kube
@@ -79,7 +80,7 @@ class ForgeHarness:
 
 
 @pytest.fixture
-def forge(gitea: Gitea, namespace: str, api_client: client.ApiClient,
+def forge(gitea: Gitea, namespace: str, state_namespace: str, api_client: client.ApiClient,
           tmp_path: Path) -> Iterator[ForgeHarness]:
     name = f"deploy-{uuid.uuid4().hex[:6]}"
     gitea.create_repo(name)
@@ -94,10 +95,15 @@ def forge(gitea: Gitea, namespace: str, api_client: client.ApiClient,
     http = httpx.Client(base_url=gitea.url, headers=auth_headers("gitea", gitea.token),
                         timeout=10.0, trust_env=False)
     forge_ = make_forge("gitea", repo)
+    def approvers(commit: Sha) -> frozenset[str]:
+        approval = forge_.approval_of(http, commit)
+        return frozenset() if approval is None else approval.identities
+
     reconciler = Reconciler(source, Kube(api_client, frozenset({namespace}),
-                                         state_namespace=namespace),
+                                         state_namespace=state_namespace),
                             ForgeStatusSink(forge_, http, "http://grafana.local/d/canary?app={app}"),
-                            promotions=PromotionRequests(forge_, http, source))
+                            promotions=PromotionRequests(forge_, http, source),
+                            forge_approvers=approvers)
     try:
         yield ForgeHarness(gitea, repo, clone, namespace, api_client, reconciler)
     finally:
@@ -223,3 +229,46 @@ def test_a_superseded_canary_has_its_promote_request_closed_with_a_comment(
     comments = forge.gitea.api("GET", f"/repos/{forge.repo}/issues/{old['number']}/comments")
     assert any("Closed by gitops-canary: superseded by" in c["body"] for c in comments)
     assert new["number"] != old["number"]
+
+
+def merge_as(forge: ForgeHarness, number: int, token: str | None) -> None:
+    """Merge a pull request with a user's token (Gitea may answer 405 while it re-checks a
+    request it has just opened: wait and retry)."""
+    def merged() -> bool:
+        with forge.gitea.client(token) as http:
+            response = http.post(f"/repos/{forge.repo}/pulls/{number}/merge",
+                                 json={"Do": "merge"})
+        return response.status_code == 200
+    eventually(merged, f"pull request #{number} merged", every=0.5)
+
+
+@pytest.mark.parametrize("merger", ["alice", "admin"])
+def test_forge_approvers_a_promote_request_merged_by_an_approver_promotes(
+        forge: ForgeHarness, merger: str) -> None:
+    """`approvers:` naming forge users: the merge of the promote request counts when an
+    approver merged it (read from Gitea's API), never when anyone else did."""
+    name = f"alice{uuid.uuid4().hex[:6]}"
+    token = forge.gitea.create_user(name, f"{name}@example.com")
+    forge.gitea.add_collaborator(forge.repo, name, "write")
+    first = first_version(forge, approvers=[name])
+    (pull,) = forge.settle(lambda: forge.gitea.api("GET", f"/repos/{forge.repo}/pulls",
+                                                   params={"state": "open"}), "a promote PR")
+    merge_as(forge, pull["number"], token if merger == "alice" else None)
+
+    def latest() -> dict[str, Any] | None:
+        mine = [s for s in forge.statuses(first) if s["context"] == f"gitops-canary/{APP}"]
+        return mine[0] if mine else None
+
+    if merger == "alice":
+        forge.settle(lambda: (d := forge.deployments()) and sorted(d) == [APP], "promoted")
+        done = forge.settle(lambda: (s := latest()) and "promoted" in s["description"] and s,
+                            "the promoted status")
+        assert done["status"] == "success"
+    else:
+        refused = forge.settle(lambda: (s := latest()) and "approval refused" in s["description"]
+                               and s, "the refusal")
+        assert refused["status"] == "error"
+        assert "nor a pull request merged or approved by an approver" in refused["description"]
+        for _ in range(3):
+            forge.reconciler.reconcile()
+        assert sorted(forge.deployments()) == [f"{APP}-canary"]
