@@ -3,19 +3,30 @@
 Shared by the controller (on its mirror) and the `promote` / `reject` commands (on a person's
 clone), so both agree on which commit a canary belongs to. Parsed results are cached by git
 tree: equal trees, equal apps.
+
+A folder is listed before it is read: only canary.yaml and the files its manifest globs match
+are read, and only once their sizes (known from the listing) are within the limits, so a large
+file in docs/ costs nothing and a large manifest is refused unread.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controller.domain.limits import MAX_FILE_BYTES, Budget
 from controller.domain.manifests import Manifest, parse_manifests, select_files
 from controller.domain.policy import POLICY_FILE, Policy, parse_policy
 from controller.domain.render import fingerprint
 from controller.domain.types import Fingerprint, Sha
-from controller.edges.git import AppFolder, GitRepo
+from controller.edges.git import AppFolder, FileEntry, GitRepo
 from controller.errors import CanaryError, InputError
+
+# The parsed apps kept, counted in the bytes of the files they were parsed from (the parsed
+# objects take a few times that): many small apps, or a few at the limits, never more.
+CACHE_BYTES = 16 * MAX_FILE_BYTES
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,9 @@ class AppReader:
     def __init__(self, repo: GitRepo) -> None:
         self.repo = repo
         self._fingerprints: dict[str, Fingerprint | None] = {}
-        self._parsed: dict[tuple[str, str], tuple[Policy, list[Manifest]]] = {}
+        self._parsed: OrderedDict[tuple[str, str], tuple[Policy, list[Manifest], int]] = \
+            OrderedDict()
+        self._parsed_bytes = 0
         self._revisions: dict[tuple[Sha, str, Fingerprint], Sha] = {}
 
     def desired(self, head: Sha, folder: AppFolder) -> Desired:
@@ -41,20 +54,31 @@ class AppReader:
 
     def parse(self, folder: AppFolder, tree: str) -> tuple[Policy, list[Manifest]]:
         key = (folder.path, tree)
-        if key not in self._parsed:
-            if len(self._parsed) > 4096:
-                self._parsed.clear()
+        if key in self._parsed:
+            self._parsed.move_to_end(key)
+        else:
             self._parsed[key] = self._parse(folder, tree)
-        policy, manifests = self._parsed[key]
+            self._parsed_bytes += self._parsed[key][2]
+            while self._parsed_bytes > CACHE_BYTES and len(self._parsed) > 1:
+                self._parsed_bytes -= self._parsed.popitem(last=False)[1][2]
+        policy, manifests, _ = self._parsed[key]
         # Manifests hold mutable dicts: hand out copies so no caller changes the cache.
         return policy, copy.deepcopy(manifests)
 
-    def _parse(self, folder: AppFolder, tree: str) -> tuple[Policy, list[Manifest]]:
-        files = self.repo.read_folder(tree)
+    def _parse(self, folder: AppFolder, tree: str) -> tuple[Policy, list[Manifest], int]:
+        """The app's policy and manifests, and how many bytes they were read from."""
         prefix = f"{folder.path}/" if folder.path else ""
-        policy = parse_policy(files[POLICY_FILE], f"{prefix}{POLICY_FILE}", folder.name)
-        chosen = {f"{prefix}{n}": files[n] for n in select_files(files, policy)}
-        return policy, parse_manifests(chosen, policy)
+        entries = {entry.path: entry for entry in self.repo.list_folder(tree)}
+        if POLICY_FILE not in entries:
+            raise InputError(f"{prefix}{POLICY_FILE}", "", "not found")
+        (policy_entry,) = _readable(prefix, [entries[POLICY_FILE]], Budget())
+        policy = parse_policy(self.repo.read_blob(policy_entry), f"{prefix}{POLICY_FILE}",
+                              folder.name)
+        chosen = _readable(prefix, (entries[n] for n in select_files(entries, policy)),
+                           Budget())
+        texts = {f"{prefix}{entry.path}": self.repo.read_blob(entry) for entry in chosen}
+        return policy, parse_manifests(texts, policy), \
+            policy_entry.size + sum(e.size for e in chosen)
 
     def find(self, head: Sha, app: str) -> AppFolder:
         """The folder of the app named `app` (by `app:` or folder name) at a commit."""
@@ -126,3 +150,16 @@ class AppReader:
                     break
             self._revisions[cache_key] = revision
         return self._revisions[cache_key]
+
+
+def _readable(prefix: str, entries: Iterable[FileEntry], budget: Budget) -> list[FileEntry]:
+    """The entries, once each is known to be a file within the limits: checked from the
+    listing, before anything is read. A symlink's text is a path, not the file it names."""
+    checked = []
+    for entry in entries:
+        name = f"{prefix}{entry.path}"
+        if entry.symlink:
+            raise InputError(name, "", "symlinks are not followed; commit the file itself")
+        budget.spend_bytes(name, entry.size)
+        checked.append(entry)
+    return checked

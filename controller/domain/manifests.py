@@ -1,7 +1,9 @@
 """An app folder's manifests, parsed: every YAML document an object, each with where it came from.
 
 Errors name the file and the document, so "sampleapp/deployment.yml: document 2: metadata.name:
-is required" reaches the commit status instead of a stack trace.
+is required" reaches the commit status instead of a stack trace. The fields the controller reads
+to render variants are type-checked here, before rendering, so a `replicas: "3"` is an error
+status for its app rather than a TypeError in the middle of a reconcile.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-import yaml
-
-from controller.domain.policy import POLICY_FILE, YAML_LOADER, Policy
+from controller.domain.limits import Budget, load_yaml
+from controller.domain.policy import POLICY_FILE, Policy, _kind
 from controller.domain.types import CONTROLLER_PREFIX, WORKLOAD_KINDS, KubeObject, Variant
 from controller.errors import InputError
 
@@ -59,21 +61,17 @@ def select_files(names: Iterable[str], policy: Policy) -> list[str]:
 
 
 def parse_manifests(files: Mapping[str, str], policy: Policy) -> list[Manifest]:
-    """Parse {path: text}; default the namespace of namespaced objects to the app's."""
+    """Parse {path: text}; default the namespace of namespaced objects to the app's.
+    The files are one app's: the limits of `limits.Budget` hold for all of them together."""
     manifests: list[Manifest] = []
     seen: dict[tuple[str, str, str], str] = {}
+    budget = Budget()
     for path, text in sorted(files.items()):
-        try:
-            documents = list(yaml.load_all(text, Loader=YAML_LOADER))
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            problem = getattr(error, "problem", None) or str(error)
-            raise InputError(path, "", f"invalid YAML: {problem}{where}") from None
-        for number, doc in enumerate(documents, start=1):
+        for number, doc in enumerate(load_yaml(text, path, budget), start=1):
             if doc is None:
                 continue
             for obj in _objects(path, number, doc):
+                budget.spend_object(path, f"document {number}")
                 if obj["kind"] not in CLUSTER_SCOPED:
                     obj["metadata"].setdefault("namespace", policy.namespace)
                 manifest = Manifest(f"{path}#{number}", obj)
@@ -104,6 +102,7 @@ def _objects(path: str, number: int, doc: object) -> list[KubeObject]:
     if not isinstance(metadata.get("name"), str) or not metadata["name"]:
         raise InputError(path, f"{where}: metadata.name", "is required")
     _check_controller_fields(path, where, doc)
+    _check_read_fields(_Shape(path, where), doc)
     return [doc]
 
 
@@ -138,3 +137,104 @@ def _check_controller_fields(path: str, where: str, doc: KubeObject) -> None:
     if doc["kind"] in VARIANT_KINDS and name.endswith(tuple(f"-{v}" for v in Variant)):
         raise InputError(path, f"{where}: metadata.name",
                          f"{name} is reserved for the controller's variants")
+
+
+class _Shape:
+    """Type checks for one document, each error naming its dotted field ("spec.replicas")."""
+
+    def __init__(self, path: str, where: str) -> None:
+        self.path, self.where = path, where
+
+    def fail(self, at: str, problem: str) -> InputError:
+        return InputError(self.path, f"{self.where}: {at}", problem)
+
+    def mapping(self, holder: Mapping[str, Any], key: str, at: str,
+                required: bool = False) -> dict[str, Any]:
+        """The mapping at holder[key]: {} when absent (or null, unless it is required)."""
+        value = holder.get(key)
+        if value is None and not (required and key in holder):
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(_join(at, key), f"must be a mapping, got {_kind(value)}")
+        return value
+
+    def mappings(self, holder: Mapping[str, Any], key: str, at: str) -> list[dict[str, Any]]:
+        """The list of mappings at holder[key]: [] when absent."""
+        value = holder.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(_join(at, key), f"must be a list of mappings, got {_kind(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.fail(f"{_join(at, key)}[{i}]", f"must be a mapping, got {_kind(item)}")
+        return value
+
+    def strings(self, holder: Mapping[str, Any], key: str, at: str) -> None:
+        for name, value in self.mapping(holder, key, at).items():
+            if not isinstance(value, str):
+                raise self.fail(f"{_join(at, key)}.{name}", f"must be a string, got "
+                                                            f"{_kind(value)}")
+
+    def reference(self, holder: Mapping[str, Any], key: str, at: str, name: str) -> None:
+        """A ConfigMap or Secret reference: a canary may rename what it names."""
+        found = self.mapping(holder, key, at)
+        if found.get(name) is not None and not isinstance(found[name], str):
+            raise self.fail(f"{_join(at, key)}.{name}", f"must be a string, got "
+                                                        f"{_kind(found[name])}")
+
+
+def _join(at: str, key: str) -> str:
+    return f"{at}.{key}" if at else key
+
+
+def _check_read_fields(shape: _Shape, doc: KubeObject) -> None:
+    """Everything rendering reads (render.py: pod_spec, _config_refs, _config_content,
+    _label_variant, fingerprint) has the type it is read as."""
+    namespace = doc["metadata"].get("namespace", "")
+    if not isinstance(namespace, str):
+        raise shape.fail("metadata.namespace", f"must be a string, got {_kind(namespace)}")
+    if doc["kind"] in WORKLOAD_KINDS:
+        _check_workload(shape, doc)
+    elif doc["kind"] in ("ConfigMap", "Secret"):
+        for key in ("data", "binaryData", "stringData"):
+            shape.strings(doc, key, "")
+
+
+def _check_workload(shape: _Shape, doc: KubeObject) -> None:
+    spec = shape.mapping(doc, "spec", "", required=True)
+    if doc["kind"] == "Pod":
+        _check_pod_spec(shape, spec, "spec")
+        return
+    replicas = spec.get("replicas")
+    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)):
+        got = repr(replicas) if isinstance(replicas, float) else _kind(replicas)
+        raise shape.fail("spec.replicas", f"must be a whole number, got {got}")
+    if replicas is not None and replicas < 0:
+        raise shape.fail("spec.replicas", f"must not be negative, got {replicas}")
+    shape.mapping(spec, "selector", "spec")
+    template = shape.mapping(spec, "template", "spec", required=True)
+    shape.mapping(template, "metadata", "spec.template")
+    _check_pod_spec(shape, shape.mapping(template, "spec", "spec.template", required=True),
+                    "spec.template.spec")
+
+
+def _check_pod_spec(shape: _Shape, pod: Mapping[str, Any], at: str) -> None:
+    for i, volume in enumerate(shape.mappings(pod, "volumes", at)):
+        where = f"{at}.volumes[{i}]"
+        shape.reference(volume, "configMap", where, "name")
+        shape.reference(volume, "secret", where, "secretName")
+        projected = shape.mapping(volume, "projected", where)
+        for j, source in enumerate(shape.mappings(projected, "sources", f"{where}.projected")):
+            shape.reference(source, "configMap", f"{where}.projected.sources[{j}]", "name")
+            shape.reference(source, "secret", f"{where}.projected.sources[{j}]", "name")
+    for key in ("initContainers", "containers"):
+        for i, container in enumerate(shape.mappings(pod, key, at)):
+            where = f"{at}.{key}[{i}]"
+            for j, env_from in enumerate(shape.mappings(container, "envFrom", where)):
+                shape.reference(env_from, "configMapRef", f"{where}.envFrom[{j}]", "name")
+                shape.reference(env_from, "secretRef", f"{where}.envFrom[{j}]", "name")
+            for j, env in enumerate(shape.mappings(container, "env", where)):
+                source = shape.mapping(env, "valueFrom", f"{where}.env[{j}]")
+                shape.reference(source, "configMapKeyRef", f"{where}.env[{j}].valueFrom", "name")
+                shape.reference(source, "secretKeyRef", f"{where}.env[{j}].valueFrom", "name")

@@ -11,13 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from controller.domain.limits import load_yaml
 from controller.errors import InputError
 
 POLICY_FILE = "canary.yaml"
-# libyaml's loader when PyYAML has it: parsing is most of an unchanged reconcile's work.
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # SHA-1 or SHA-256 repositories
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -235,10 +232,11 @@ def _analysis(file: str, data: Any) -> Analysis:
 
 def parse_policy(text: str, file: str, folder_name: str) -> Policy:
     """Parse the text of a canary.yaml; `folder_name` names the app when `app:` is absent."""
-    try:
-        data = yaml.load(text, Loader=YAML_LOADER)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError as error:
-        raise InputError(file, "", f"invalid YAML: {_yaml_problem(error)}") from None
+    documents = load_yaml(text, file)  # bounded: no aliases, no deep nesting, at most 1 MiB
+    if len(documents) > 1:
+        raise InputError(file, "", f"invalid YAML: expected a single document, found "
+                                   f"{len(documents)}")
+    data = documents[0] if documents else None
     fields = _Fields(file, {} if data is None else data, "")
     app = fields.take("app", str, folder_name)
     if not DNS_LABEL.match(app):
@@ -282,14 +280,6 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
     fields.done(("app", "namespace", "percentage", "bootstrap", "manifests", "promote",
                  "judgment", "approvers", "requireSignedApproval", "analysis"))
     return policy
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error)
-    if mark is not None:
-        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return str(problem)
 
 
 def with_approval(text: str, revision: str) -> str:

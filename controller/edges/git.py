@@ -4,26 +4,48 @@ It fetches, lists the apps (folders holding canary.yaml), reads an app folder at
 walks the commits that changed a folder. Trees, not ancestry, decide what changed, so force
 pushes and rewritten history need no special case. Credentials come from a file or the
 environment and reach git through GIT_CONFIG_* variables, never a command line or a log.
+
+No git command may hold the loop: each runs under a deadline and is killed (with its children:
+remote helpers, ssh) when it passes, since a remote that accepts the connection and never answers
+otherwise blocks a fetch for good. Low-speed limits (http) and keep-alives (ssh) end a stalled
+transfer earlier, inside that deadline. An app folder is listed before it is read: only the files
+the app uses are read, and only when their size is within the limits.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import signal
+import subprocess
 import tempfile
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import git
 
+from controller.domain.limits import Budget
 from controller.domain.policy import POLICY_FILE
 from controller.domain.types import Sha
 from controller.errors import ApiError, TransientError
 
 NOTES_REF = "refs/notes/gitops-canary"
+
+# Deadlines per git command, in seconds: a fetch of a large repository over a slow link takes
+# a while; a local command that takes 30 s is stuck. Both are parameters of GitRepo.
+NETWORK_TIMEOUT = 60.0
+LOCAL_TIMEOUT = 30.0
+NETWORK_COMMANDS = frozenset({"fetch", "push", "ls-remote", "clone", "pull"})
+# A transfer slower than 1000 bytes/s for 20 s is dead (curl's low-speed limit, http(s) only).
+NETWORK_CONFIG = (("http.lowSpeedLimit", "1000"), ("http.lowSpeedTime", "20"))
+# ssh: give up connecting after 10 s, and on a server silent for 3 keep-alives 10 s apart.
+SSH_COMMAND = "ssh -o ConnectTimeout=10 -o ServerAliveInterval=10 -o ServerAliveCountMax=3"
+SYMLINK_MODE = "120000"
 
 
 @dataclass(frozen=True)
@@ -36,17 +58,69 @@ class AppFolder:
         return self.path.rsplit("/", 1)[-1] if self.path else "root"
 
 
-def credentials_env(token: str | None, username: str = "git") -> dict[str, str]:
-    """Environment that makes git send HTTP basic auth without putting the token on a
-    command line (visible in `ps`) or in a config file."""
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a folder's tree, as listed: what it is, before anything of it is read."""
+
+    path: str  # relative to the folder
+    mode: str  # git's: 100644, 100755, or 120000 for a symlink
+    sha: str
+    size: int
+
+    @property
+    def symlink(self) -> bool:
+        return self.mode == SYMLINK_MODE
+
+
+def credentials_config(token: str | None, username: str = "git") -> list[tuple[str, str]]:
+    """The git config that makes git send HTTP basic auth: given through the environment
+    (git_env), never on a command line (visible in `ps`) or in a config file."""
     if not token:
-        return {}
+        return []
     basic = base64.b64encode(f"{username}:{token}".encode()).decode()
-    return {
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "http.extraHeader",
-        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-    }
+    return [("http.extraHeader", f"Authorization: Basic {basic}")]
+
+
+def git_env(token: str | None, username: str = "git",
+            environ: Mapping[str, str] | None = None, ssh_configured: bool = False
+            ) -> dict[str, str]:
+    """What every git command of the controller runs with, added to the process environment:
+    no prompts, the credentials and the network limits as GIT_CONFIG_* entries (numbered after
+    any the environment already has, so those still apply), and ssh keep-alives unless the
+    user chose an ssh command (GIT_SSH_COMMAND, GIT_SSH or core.sshCommand)."""
+    environ = os.environ if environ is None else environ
+    try:
+        first = max(0, int(environ.get("GIT_CONFIG_COUNT", "0") or 0))
+    except ValueError:
+        first = 0  # git refuses a bad count anyway; ours then stand alone
+    entries = [*NETWORK_CONFIG, *credentials_config(token, username)]
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_COUNT": str(first + len(entries))}
+    for index, (key, value) in enumerate(entries, start=first):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    if not (ssh_configured or environ.get("GIT_SSH_COMMAND") or environ.get("GIT_SSH")):
+        env["GIT_SSH_COMMAND"] = SSH_COMMAND
+    return env
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    try:
+        process.communicate(timeout=5)  # every writer of the pipes is gone: returns at once
+    except subprocess.TimeoutExpired:  # one left the group (setsid): not ours to wait for
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        process.wait()
+
+
+def _command(args: tuple[str, ...]) -> str:
+    """The git subcommand of an argument list ("log" in `-c k=v log -1`)."""
+    rest = list(args)
+    while rest and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] == "-c" else rest[1:]
+    return rest[0] if rest else ""
 
 
 URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]+@")
@@ -79,12 +153,21 @@ class Signature:
 class GitRepo:
     """Read access to a repository's commits and trees (a mirror or a person's clone)."""
 
-    def __init__(self, repo: git.Repo, token: str | None = None, username: str = "git") -> None:
+    def __init__(self, repo: git.Repo, token: str | None = None, username: str = "git", *,
+                 network_timeout: float = NETWORK_TIMEOUT,
+                 local_timeout: float = LOCAL_TIMEOUT) -> None:
         self.repo = repo
         self.where = str(repo.working_dir or repo.git_dir)  # named in error messages
+        self.network_timeout, self.local_timeout = network_timeout, local_timeout
         self._token = token
-        self._env = {"GIT_TERMINAL_PROMPT": "0", **credentials_env(token, username)}
+        self._env = git_env(token, username, ssh_configured=self._ssh_configured())
         self._apps_cache: dict[str, list[AppFolder]] = {}
+
+    def _ssh_configured(self) -> bool:
+        try:
+            return bool(self.repo.config_reader().get_value("core", "sshCommand", ""))
+        except Exception:  # an unreadable config: git will say so on the first command
+            return False
 
     @classmethod
     def open(cls, path: Path) -> GitRepo:
@@ -93,18 +176,51 @@ class GitRepo:
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise ApiError(f"{path} is not inside a git repository") from None
 
-    def _git(self, *args: str) -> str:
+    def _git(self, *args: str, env: Mapping[str, str] | None = None,
+             istream: BinaryIO | None = None) -> str:
+        """Run git under its deadline. A network command's failure is transient (the remote
+        may answer later); so is any command killed at its deadline (a loaded machine, not a
+        wrong commit); other failures are the server's or the repository's answer."""
+        command = _command(args)
+        network = command in NETWORK_COMMANDS
+        deadline = self.network_timeout if network else self.local_timeout
+        where = _redact(self.where, self._token)
+        status, out, err = self._run(args, env, istream, deadline)
+        if status is None:
+            raise TransientError(f"git {command} {where}: no answer within {deadline:g} s; "
+                                 f"stopped")
+        if status == 0:
+            return out
+        message = _redact(err.strip() or f"exit status {status}", self._token)
+        if network:
+            raise TransientError(f"git {command} {where}: {message}")
+        raise ApiError(_redact(f"git {' '.join(args[:2])}: {message}", self._token))
+
+    def _run(self, args: tuple[str, ...], env: Mapping[str, str] | None,
+             istream: BinaryIO | None, deadline: float) -> tuple[int | None, str, str]:
+        """(exit status, stdout, stderr) of git, the status None when it was killed at the
+        deadline. Git runs in a process group of its own, and the whole group is killed: its
+        remote helper (git-remote-https) or ssh holds the output pipes too, and would keep
+        the call waiting after git itself died. (GitPython's kill_after_timeout finds the
+        children with pgrep or ps, which a slim image does not have.) The environment is
+        GitPython's, so `repo.git.custom_environment` (the CLI's temporary index) applies."""
+        full_env = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C",
+                    **self.repo.git.environment(), **self._env, **(env or {})}
+        cwd = self.repo.git.working_dir or self.repo.git_dir
+        process = subprocess.Popen(["git", *args], cwd=cwd, env=full_env,
+                                   stdin=istream or subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True)
         try:
-            with self.repo.git.custom_environment(**self._env):
-                out: str = self.repo.git.execute(["git", *args])
-                return out
-        except git.GitCommandError as error:
-            message = _redact(str(error.stderr or error).strip(), self._token)
-            if args and args[0] in ("fetch", "push", "ls-remote"):
-                where = _redact(self.where, self._token)
-                raise TransientError(f"git {args[0]} {where}: {message}") from None
-            raise ApiError(_redact(f"git {' '.join(args[:2])}: {message}", self._token)) \
-                from None
+            out, err = process.communicate(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            return None, "", ""
+        except BaseException:  # interrupted: leave nothing running behind
+            _kill_group(process)
+            raise
+        text = out.decode(errors="surrogateescape")
+        return (process.returncode, text.removesuffix("\n"),
+                err.decode(errors="surrogateescape"))
 
     def apps(self, head: Sha) -> list[AppFolder]:
         """Every folder of the commit that holds a canary.yaml, cached by the root tree."""
@@ -127,15 +243,22 @@ class GitRepo:
         except KeyError:
             return None
 
-    def read_folder(self, tree_sha: str) -> dict[str, str]:
-        """{relative path: text} of every file under a folder's tree."""
-        files = {}
-        # Rooted at "", so item paths are relative to the folder.
-        tree = git.Tree(self.repo, bytes.fromhex(tree_sha), git.Tree.tree_id << 12, "")
-        for item in tree.traverse():
-            if isinstance(item, git.Blob):
-                files[str(item.path)] = item.data_stream.read().decode("utf-8", errors="replace")
-        return files
+    def list_folder(self, tree_sha: str) -> list[FileEntry]:
+        """Every file under a folder's tree with its mode and size, from the tree alone:
+        nothing of the files is read (submodules are not files, and are left out)."""
+        entries = []
+        for record in self._git("ls-tree", "-r", "-l", "-z", tree_sha).split("\0"):
+            meta, tab, path = record.partition("\t")
+            fields = meta.split()
+            if tab and len(fields) == 4 and fields[1] == "blob":
+                mode, _, sha, size = fields
+                entries.append(FileEntry(path, mode, sha, int(size)))
+        return entries
+
+    def read_blob(self, entry: FileEntry) -> str:
+        """A listed file's text: the caller checked its size against the limits."""
+        data: bytes = self.repo.odb.stream(bytes.fromhex(entry.sha)).read()
+        return data.decode("utf-8", errors="replace")
 
     def changes(self, head: Sha, path: str) -> Iterator[tuple[Sha, str | None]]:
         """Commits that changed the folder, newest first, with the folder's tree in each one's
@@ -189,7 +312,8 @@ class GitSource(GitRepo):
     """The controller's bare mirror of the tracked branch of a repository URL or path."""
 
     def __init__(self, url: str, branch: str, workdir: Path, token: str | None = None,
-                 username: str = "git") -> None:
+                 username: str = "git", *, network_timeout: float = NETWORK_TIMEOUT,
+                 local_timeout: float = LOCAL_TIMEOUT) -> None:
         refuse_credentials(url)
         self.url = url if "://" in url or url.startswith("git@") else str(Path(url).resolve())
         self.branch = branch
@@ -198,7 +322,8 @@ class GitSource(GitRepo):
         else:
             workdir.mkdir(parents=True, exist_ok=True)
             repo = git.Repo.init(workdir, bare=True)
-        super().__init__(repo, token, username)
+        super().__init__(repo, token, username, network_timeout=network_timeout,
+                         local_timeout=local_timeout)
         self.where = self.url
         # Who the controller's own commits (promote requests, judgment: auto) are by.
         self.author = {"GIT_AUTHOR_NAME": "gitops-canary",
@@ -231,6 +356,7 @@ class GitSource(GitRepo):
 
     def read_file(self, commit: Sha, path: str) -> str:
         blob = self.repo.commit(commit).tree / path
+        Budget().spend_bytes(path, int(blob.size))  # one file's limit, before reading it
         return str(blob.data_stream.read().decode("utf-8"))
 
     def commit_file(self, base: Sha, path: str, text: str, message: str,
@@ -239,34 +365,35 @@ class GitSource(GitRepo):
         temporary index: `path` gets `text`; with `restore=(folder, tree)` the folder first
         becomes that tree (the content of another commit), then `path` is written."""
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**self._env, "GIT_INDEX_FILE": str(Path(tmp) / "index"), **self.author}
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **self.author}
+
+            def git_(*args: str, istream: BinaryIO | None = None) -> str:
+                return self._git(*args, env=env, istream=istream)
+
             try:
-                with self.repo.git.custom_environment(**env):
-                    git_ = self.repo.git
-                    git_.read_tree(base)
-                    if restore is not None:
-                        # A bare repository has no `read-tree --prefix`: list the tree's
-                        # entries and put them under the folder through --index-info.
-                        folder, tree = restore
-                        git_.rm("-r", "--cached", "-q", "--ignore-unmatch", "--", folder)
-                        listing = Path(tmp) / "entries"
-                        listing.write_text("".join(
-                            f"{mode} {sha}\t{folder}/{name}\n"
-                            for mode, _, sha, name in (
-                                line.replace("\t", " ", 1).split(" ", 3)
-                                for line in git_.ls_tree("-r", tree).splitlines())))
-                        with listing.open("rb") as entries:
-                            git_.update_index("--index-info", istream=entries)
-                    content = Path(tmp) / "content"
-                    content.write_text(text)
-                    blob = git_.hash_object("-w", str(content))
-                    git_.update_index("--add", "--cacheinfo", f"100644,{blob},{path}")
-                    tree_sha = git_.write_tree()
-                    commit = git_.commit_tree(tree_sha, "-p", base, "-m", message)
-            except git.GitCommandError as error:
-                raise ApiError(f"git: making a commit on {base[:7]}: "
-                               f"{str(error.stderr or error).strip()}") from None
-        return Sha(str(commit))
+                git_("read-tree", base)
+                if restore is not None:
+                    # A bare repository has no `read-tree --prefix`: list the tree's
+                    # entries and put them under the folder through --index-info.
+                    folder, tree = restore
+                    git_("rm", "-r", "--cached", "-q", "--ignore-unmatch", "--", folder)
+                    listing = Path(tmp) / "entries"
+                    listing.write_text("".join(
+                        f"{mode} {sha}\t{folder}/{name}\n"
+                        for mode, _, sha, name in (
+                            line.replace("\t", " ", 1).split(" ", 3)
+                            for line in git_("ls-tree", "-r", tree).splitlines())))
+                    with listing.open("rb") as entries:
+                        git_("update-index", "--index-info", istream=entries)
+                content = Path(tmp) / "content"
+                content.write_text(text)
+                blob = git_("hash-object", "-w", str(content))
+                git_("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}")
+                tree_sha = git_("write-tree")
+                commit = git_("commit-tree", tree_sha, "-p", base, "-m", message)
+            except ApiError as error:
+                raise ApiError(f"git: making a commit on {base[:7]}: {error}") from None
+        return Sha(commit)
 
     def push_to_branch(self, commit: Sha) -> None:
         """Push a commit onto the tracked branch; refused (transient) when the branch moved."""
