@@ -114,14 +114,30 @@ class Metrics:
                 self.p_value.labels(app, metric["name"]).set(float(metric["p_value"]))
 
     def alive(self, interval: float) -> bool:
-        """Alive while reconciles keep finishing: a loop stuck (a hung fetch, say) is not."""
-        last = self.last_finished or self.started
-        return time.monotonic() - last < max(10 * interval, 300)
+        """Alive while loop iterations keep finishing: a loop stuck (a hung fetch, say) is not,
+        and a restart is the cure the liveness probe can give.
+
+        An iteration ends at most `interval` after the last one plus one reconcile, and every
+        call a reconcile makes has its own deadline, far below a minute: three intervals (at
+        least 60 s, so that a short --interval does not turn one slow reconcile into a restart)
+        is a loop that no longer turns. The first iteration clones the repository, which can
+        take minutes for a large one: until it ends, the allowance is ten intervals (at least
+        300 s)."""
+        if self.last_finished is None:
+            return time.monotonic() - self.started < max(10 * interval, 300)
+        return time.monotonic() - self.last_finished < max(3 * interval, 60)
 
     def ready(self, interval: float) -> bool:
-        """Ready once a reconcile succeeded recently (git and the cluster answered)."""
+        """Ready while the last finished reconcile succeeded: one that could not reach git or
+        the cluster (`Result.error`) makes it unready at once, the next success ready again.
+        How recently does not matter here, `alive` watches that.
+
+        `observe` stamps `last_finished`, then `last_success` when there was no error: a
+        success is the last thing that happened when it is no older than the last finish.
+        A standby (run.py) clears `last_success`: it never counts as ready."""
+        del interval  # readiness follows outcomes, not time
         return self.last_success is not None and \
-            time.monotonic() - self.last_success < max(3 * interval, 60)
+            (self.last_finished is None or self.last_success >= self.last_finished)
 
 
 MAX_WEBHOOK_BODY = 1024 * 1024  # push events are typically tens of KiB
@@ -248,10 +264,15 @@ def serve(metrics: Metrics, address: str, interval: float,
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif self.path == "/healthz":
                 ok = metrics.alive(interval)
-                self._send(200 if ok else 503, b"ok\n" if ok else b"no reconcile finished\n")
+                self._send(200 if ok else 503,
+                           b"ok\n" if ok else b"stuck: no loop iteration finished lately\n")
             elif self.path == "/readyz":
-                ok = metrics.ready(interval)
-                self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
+                if metrics.ready(interval):
+                    self._send(200, b"ok\n")
+                elif metrics.last_success is None:
+                    self._send(503, b"not ready: no reconcile succeeded yet\n")
+                else:
+                    self._send(503, b"not ready: the last reconcile failed\n")
             else:
                 self._send(404, b"not found\n")
 

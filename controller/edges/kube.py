@@ -3,17 +3,24 @@
 Every write goes through server-side apply with the `gitops-canary` field manager and strict
 field validation. A set of objects is first applied as a dry run, all of it, so a bad object
 (an unknown field, a forbidden namespace, a kind the server does not know) leaves the cluster
-untouched. API failures become the project's error types: 5xx, 429 and connection errors are
-transient, the rest permanent with the server's own message.
+untouched. API failures become the project's error types: 5xx, 429, connection errors and
+timeouts are transient, the rest permanent with the server's own message.
+
+Every request carries a timeout (connect, read), API discovery's included: a server that accepts
+and never answers costs one reconcile a bounded wait, never the loop. A record that no longer
+parses is quarantined: copied aside for a person to read, then removed, so the app is observed
+anew from git and the cluster instead of crashing every start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -37,13 +44,23 @@ from controller.domain.types import (
     Sha,
     StatusState,
 )
-from controller.errors import ApiError, ForbiddenError, TransientError
+from controller.errors import ApiError, CanaryError, ForbiddenError, TransientError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECORD_PREFIX = "gitops-canary."
 MANAGED_BY = {"app.kubernetes.io/managed-by": "gitops-canary"}
+# Quarantined records carry neither the records' prefix nor MANAGED_BY: never listed as records.
+QUARANTINE_PREFIX = "gitops-canary-quarantine."
+QUARANTINED = {"gitops-canary/quarantined": "true"}
+QUARANTINED_FROM = "gitops-canary/quarantined-from"
+# (connect, read) seconds. A list of a few hundred records or a dry-run apply answers in well
+# under a second; 30 s of silence is an outage, not a slow answer.
+REQUEST_TIMEOUT = (5.0, 30.0)
+# One per-call attempt for reads too: urllib3's default (3 retries) would make a hung server
+# cost four read timeouts per GET. Connection failures are retried twice, quickly.
+RETRIES = urllib3.Retry(total=2, connect=2, read=0, redirect=0, backoff_factor=0.2)
 VARIANT_KINDS = (*sorted(WORKLOAD_KINDS), "ConfigMap")
 API_VERSIONS = {"Deployment": "apps/v1", "ReplicaSet": "apps/v1", "StatefulSet": "apps/v1",
                 "DaemonSet": "apps/v1", "Pod": "v1", "ConfigMap": "v1", "Secret": "v1"}
@@ -97,19 +114,44 @@ def _short(obj: KubeObject) -> str:
     return f"{obj['kind']} {obj['metadata']['name']}"
 
 
+def _quarantine_stem(app: AppName) -> str:
+    """The quarantine name before its time, within a name's 253 characters."""
+    return f"{QUARANTINE_PREFIX}{app[:200]}."
+
+
+class _TimedClient(DynamicClient):
+    """The dynamic client with a timeout on every request. Discovery (run by the constructor
+    and again for each new API group) calls `request` as every verb does, so this one override
+    covers the calls no keyword argument of ours could reach."""
+
+    def __init__(self, api: client.ApiClient, timeout: tuple[float, float]) -> None:
+        self.timeout = timeout  # set first: the base constructor already sends requests
+        super().__init__(api)
+
+    def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        params.setdefault("_request_timeout", self.timeout)
+        return super().request(method, path, body=body, **params)
+
+
 class Kube:
+    """`timeout` is (connect, read) seconds per HTTP request. The retries of a request are the
+    ApiClient's (its configuration's `retries`): `connect()` bounds them with RETRIES."""
+
     def __init__(self, api: client.ApiClient, namespaces: frozenset[str] | None = None,
-                 cluster_kinds: frozenset[str] = frozenset(), state_namespace: str = "default"):
+                 cluster_kinds: frozenset[str] = frozenset(), state_namespace: str = "default",
+                 timeout: tuple[float, float] = REQUEST_TIMEOUT):
         self.api = api
         self.namespaces = namespaces  # None: every namespace is allowed
         self.cluster_kinds = cluster_kinds
         self.state_namespace = state_namespace
+        self.timeout = timeout
         self._dynamic: DynamicClient | None = None
 
     @property
     def dynamic(self) -> DynamicClient:
         if self._dynamic is None:
-            self._dynamic = _translate("API discovery", lambda: DynamicClient(self.api))
+            self._dynamic = _translate("API discovery",
+                                       lambda: _TimedClient(self.api, self.timeout))
         return self._dynamic
 
     def resource(self, api_version: str, kind: str) -> Resource:
@@ -252,8 +294,10 @@ class Kube:
 
     # --- the per-app records ----------------------------------------------------------------
 
-    def records(self) -> dict[AppName, Record]:
-        """Every app record in the state namespace, in one list call."""
+    def records(self, quarantine: bool = True) -> dict[AppName, Record]:
+        """Every app record in the state namespace, in one list call. A record that does not
+        parse is quarantined (see `_quarantine`) and left out, as if the app were new; with
+        `quarantine=False` (a read-only caller) it is only logged and left out."""
         res = self.resource("v1", "ConfigMap")
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
         listed = _translate("reading app records", lambda: self.dynamic.get(
@@ -267,10 +311,71 @@ class Kube:
             app = AppName(name[len(RECORD_PREFIX):])
             try:
                 records[app] = dataclasses.replace(record_from_json(data["record"]), app=app)
-            except (ValueError, KeyError, TypeError) as error:
-                log.error("record %s/%s does not parse (%s): ignored", self.state_namespace,
-                          name, error)
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+                problem = f"{type(error).__name__}: {error}"
+                if quarantine:
+                    self._quarantine(app, cm, problem)
+                else:
+                    log.error("record %s/%s does not parse (%s): ignored",
+                              self.state_namespace, name, problem)
         return records
+
+    def _quarantine(self, app: AppName, cm: KubeObject, problem: str) -> None:
+        """Copy a record that does not parse to `gitops-canary-quarantine.<app>.<unix time>`
+        (same data, not a record by name or label), then delete the original: kept for a
+        person, and the app is re-observed from git and the cluster as if new. The copy is
+        written first, and an identical copy from an interrupted earlier try is reused, so a
+        kill in between neither loses the record nor piles up copies. Never raises: one bad
+        record must not stop the others; failing, it is tried again on the next listing."""
+        meta = cm["metadata"]
+        source = f"{self.state_namespace}/{meta['name']}"
+        try:
+            kept = self._quarantined_copy(app, cm)
+            if kept is None:
+                kept = f"{_quarantine_stem(app)}{int(time.time())}"
+                self._create({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": kept, "namespace": self.state_namespace,
+                                 "labels": dict(QUARANTINED),
+                                 "annotations": {QUARANTINED_FROM: source}},
+                    **{k: cm[k] for k in ("data", "binaryData") if cm.get(k)},
+                })
+            res = self.resource("v1", "ConfigMap")
+            # Preconditions: a record rewritten since the listing (a fix) is not deleted.
+            with contextlib.suppress(NotFound):  # deleted meanwhile: nothing left to do
+                _translate(f"deleting record {source}", lambda: self.dynamic.delete(
+                    res, name=meta["name"], namespace=self.state_namespace,
+                    body={"preconditions": {"uid": meta["uid"],
+                                            "resourceVersion": meta["resourceVersion"]}}))
+        except CanaryError as error:
+            log.error("app %s: record %s does not parse (%s) and was not quarantined: %s",
+                      app, source, problem, error)
+            return
+        log.error("app %s: record %s does not parse (%s): quarantined as %s/%s, the app is "
+                  "observed anew from git and the cluster", app, source, problem,
+                  self.state_namespace, kept)
+
+    def _quarantined_copy(self, app: AppName, cm: KubeObject) -> str | None:
+        """The name of an existing quarantined copy of this very record, if any."""
+        res = self.resource("v1", "ConfigMap")
+        selector = ",".join(f"{k}={v}" for k, v in QUARANTINED.items())
+        listed = _translate("reading quarantined records", lambda: self.dynamic.get(
+            res, namespace=self.state_namespace, label_selector=selector)).to_dict()
+        source = f"{self.state_namespace}/{cm['metadata']['name']}"
+        for copy in listed.get("items") or []:
+            meta = copy.get("metadata") or {}
+            if str(meta.get("name", "")).startswith(_quarantine_stem(app)) \
+                    and (meta.get("annotations") or {}).get(QUARANTINED_FROM) == source \
+                    and (copy.get("data") or {}) == (cm.get("data") or {}) \
+                    and (copy.get("binaryData") or {}) == (cm.get("binaryData") or {}):
+                return str(meta["name"])
+        return None
+
+    def _create(self, obj: KubeObject) -> None:
+        """Create, never overwrite (409 if the name is taken)."""
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        _translate(f"creating {describe(obj)}", lambda: self.dynamic.create(
+            res, body=obj, namespace=obj["metadata"].get("namespace")))
 
     def save_record(self, record: Record) -> None:
         body = {
@@ -346,12 +451,20 @@ def rollout_ready(obj: KubeObject | None) -> bool:
 
 
 def connect(kubeconfig: str | None) -> client.ApiClient:
-    """An API client from a kubeconfig file, $KUBECONFIG, or the in-cluster service account."""
+    """An API client from a kubeconfig file, $KUBECONFIG, or the in-cluster service account,
+    with bounded retries (RETRIES): together with Kube's request timeout, a hung API server
+    costs each call at most about one read timeout.
+
+    Not bounded here: the DNS lookup of the server's name (the system resolver's own
+    timeouts), an exec credential plugin named by a kubeconfig (run without a deadline by the
+    client library), and a server that trickles bytes (the read timeout is per read)."""
+    configuration = client.Configuration()
     try:
         if kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            api: client.ApiClient = config.new_client_from_config(config_file=kubeconfig)
-            return api
-        config.load_incluster_config()
-        return client.ApiClient()
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
     except (config.ConfigException, OSError) as error:
         raise ApiError(f"cannot load Kubernetes credentials: {error}") from None
+    configuration.retries = RETRIES
+    return client.ApiClient(configuration)

@@ -32,9 +32,13 @@ class Auth:
 
 
 class Prometheus:
+    """`timeout` bounds each phase of a query on its own (connect, each read, each write,
+    waiting for a pooled connection): a server that accepts and never answers is no data after
+    `timeout` seconds. A server that dribbles a byte within every `timeout` is not cut short."""
+
     def __init__(self, url: str, timeout: float = 10.0, auth: Auth | None = None) -> None:
         self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=timeout,
+        self._client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout),
                                     headers=(auth or Auth()).headers())
 
     def close(self) -> None:

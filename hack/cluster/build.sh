@@ -3,26 +3,53 @@
 #
 # Each tool is a wrapper module under hack/tools/<tool>/ whose go.mod pins the release and
 # whose go.sum pins every downloaded module's checksum (-mod=readonly: nothing unverified is
-# fetched). The output folder is keyed by a hash of those files and of this script, so a
-# version bump builds into a new folder and an unchanged checkout reuses the cache.
+# fetched). The output folder is keyed by a hash of those files and of the build steps (this
+# script from the "build steps" line on), so a version bump builds into a new folder and an
+# unchanged checkout reuses the cache.
 #
-# Prints the folder holding the binaries as its last line of stdout.
+# Several runs may start at once (two `hack/test` on one machine): a complete folder is only
+# ever read, and the build itself runs under an exclusive lock (flock on <key>.lock next to the
+# folder), so one run builds while the others wait for it and then reuse its folder.
+#
+# Prints the folder holding the binaries as its last line of stdout. With --path, prints the
+# folder this checkout's binaries belong in and builds nothing.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 tools="$repo/hack/tools"
 cache=${GITOPS_CANARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gitops-canary}
+log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-kube_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$tools/kube/go.mod")
-gitea_version=$(awk '$1 == "require" && $2 == "code.gitea.io/gitea" {print $3}' "$tools/gitea/go.mod")
-key=$(cat "${BASH_SOURCE[0]}" "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/tools.go "$tools"/*/*.patch \
+key=$({ sed -n '/^# --- build steps/,$p' "${BASH_SOURCE[0]}"
+        cat "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/tools.go "$tools"/*/*.patch; } \
   | sha256sum | cut -c1-16)
-out="$cache/bin/$key"
+final="$cache/bin/$key"
 
-if [ -d "$out" ]; then
-  echo "$out"
+if [ "${1:-}" = --path ]; then
+  echo "$final"
   exit 0
 fi
+# A folder named by the key is complete: it appears by a rename at the very end of a build.
+if [ -d "$final" ]; then
+  echo "$final"
+  exit 0
+fi
+
+mkdir -p "$cache/bin"
+exec 9>>"$final.lock"  # held until this script exits, however it exits
+if ! flock --nonblock 9; then
+  log "another build of $key is running: waiting for it"
+  flock 9
+fi
+# The build we waited for may have finished it.
+if [ -d "$final" ]; then
+  echo "$final"
+  exit 0
+fi
+
+# --- build steps: everything from this line on is part of the cache key ---------------------
+kube_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$tools/kube/go.mod")
+gitea_version=$(awk '$1 == "require" && $2 == "code.gitea.io/gitea" {print $3}' "$tools/gitea/go.mod")
 
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 export CGO_ENABLED=0
@@ -32,11 +59,10 @@ if ! command -v "${CC:-gcc}" >/dev/null; then
   exit 1
 fi
 # Build into a scratch folder and rename it at the end: a folder named by the key is complete.
-final=$out
+# Under the lock, a scratch folder left here is a dead build's: start it afresh.
 out="$final.partial"
 rm -rf "$out"
 mkdir -p "$out"
-log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # Kubernetes stamps its version through ldflags, as its own build (hack/lib/version.sh) does;
 # without it /version reports v0.0.0-master and the apiserver's compatibility checks misbehave.

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -61,6 +62,42 @@ def test_a_failed_reconcile_is_counted_and_not_ready(served: tuple[Metrics, str]
     metrics.observe(Result(None, error="git fetch: unreachable"), 0.5)
     assert httpx.get(f"{url}/readyz").status_code == 503
     assert 'gitops_canary_reconciles_total{result="error"} 1.0' in httpx.get(f"{url}/metrics").text
+
+
+def test_readiness_follows_the_last_reconcile(served: tuple[Metrics, str]) -> None:
+    """Unready as soon as a reconcile cannot reach git or the cluster, ready again after the
+    next success, however recent the success before."""
+    metrics, url = served
+    ok = Result(Sha("b" * 40), ())
+    metrics.observe(ok, 0.1)
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    metrics.observe(Result(None, error="reading app records: Kubernetes API unreachable"), 30.0)
+    failed = httpx.get(f"{url}/readyz")
+    assert (failed.status_code, failed.text) == (503, "not ready: the last reconcile failed\n")
+    assert httpx.get(f"{url}/healthz").status_code == 200  # failing is not being stuck
+    metrics.observe(ok, 0.1)
+    assert httpx.get(f"{url}/readyz").status_code == 200
+
+
+def test_liveness_fails_when_the_loop_stops_turning(served: tuple[Metrics, str]) -> None:
+    metrics, url = served  # interval 30 s: stuck after 90 s without a finished iteration
+    metrics.started = time.monotonic() - 299  # the first iteration (a clone) gets 300 s
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    metrics.started = time.monotonic() - 301
+    stuck = httpx.get(f"{url}/healthz")
+    assert stuck.status_code == 503, stuck.text
+    metrics.observe(Result(Sha("b" * 40), ()), 0.1)
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    metrics.last_finished = time.monotonic() - 89
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    metrics.last_finished = time.monotonic() - 91
+    assert httpx.get(f"{url}/healthz").status_code == 503
+    assert httpx.get(f"{url}/readyz").status_code == 200  # readiness is about outcomes
+    # A short interval still allows a minute.
+    metrics.last_finished = time.monotonic() - 59
+    assert metrics.alive(interval=2)
+    metrics.last_finished = time.monotonic() - 61
+    assert not metrics.alive(interval=2)
 
 
 def test_the_webhook_receiver_wakes_on_genuine_pushes_only(
