@@ -24,16 +24,11 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import yaml
 
 from controller import __version__
-from controller.analysis import analyze
-from controller.approvals import ForgeApprovers
-from controller.apps import AppReader
-from controller.domain.judge import judge, parse_input, summary, to_json
 from controller.domain.manifests import parse_manifests, select_files
 from controller.domain.policy import (
     POLICY_FILE,
@@ -42,16 +37,17 @@ from controller.domain.policy import (
 )
 from controller.domain.render import key_of, planned_objects
 from controller.domain.types import WORKLOAD_KINDS, AppName, KubeObject, Sha
-from controller.edges.forges import ForgeStatusSink, auth_headers, make_forge
-from controller.edges.git import GitRepo, GitSource
-from controller.edges.kube import Kube, connect
-from controller.edges.prometheus import Auth, Prometheus
-from controller.edges.statuses import GitNotesSink, StatusSink
 from controller.errors import CanaryError
-from controller.metrics import Metrics, serve
-from controller.promotions import PromotionRequests
-from controller.reconcile import Reconciler
-from controller.run import loop
+
+# The command line starts fast: what only some commands need (scipy for the judge, the
+# Kubernetes client, httpx, prometheus_client, watchdog, git) is imported by those commands.
+if TYPE_CHECKING:
+    from controller.approvals import ForgeApprovers
+    from controller.apps import AppReader
+    from controller.edges.git import GitRepo, GitSource
+    from controller.edges.prometheus import Prometheus
+    from controller.edges.statuses import StatusSink
+    from controller.promotions import PromotionRequests
 
 log = logging.getLogger("gitops-canary")
 
@@ -144,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address",
                      default=os.environ.get("GITOPS_CANARY_METRICS_ADDRESS", "127.0.0.1:8088"),
                      help="HOST:PORT of /metrics, /healthz and /readyz (empty: off)")
+    run.add_argument("--leader-election", action=argparse.BooleanOptionalAction, default=True,
+                     help="reconcile only while holding the Lease gitops-canary-leader in "
+                          "--state-namespace, so replicas can stand by (default: on; --once "
+                          "never elects)")
+    run.add_argument("--identity", default=None,
+                     help="this replica's name in the Lease (default: $POD_NAME, else "
+                          "HOSTNAME-PID)")
+    run.add_argument("--lease-duration", type=duration, default=15.0,
+                     help="how long a Lease nobody renews blocks the others (default 15s)")
+    run.add_argument("--lease-renew", type=duration, default=5.0,
+                     help="how often the leader renews, and the others look (default 5s; at "
+                          "most half of --lease-duration)")
 
     analyze = sub.add_parser("analyze", parents=[prometheus, output],
                              help="one analysis of APP's canary, now")
@@ -198,6 +206,16 @@ def _emit(data: Any, output: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from controller.edges.git import GitSource
+    from controller.edges.kube import Kube, connect
+    from controller.leader import Elector, default_identity, elected
+    from controller.metrics import Metrics, serve
+    from controller.reconcile import Reconciler
+    from controller.run import loop
+
+    if args.leader_election and not 0 < 2 * args.lease_renew <= args.lease_duration:
+        raise CanaryError(f"--lease-renew ({args.lease_renew:g}s) must be at most half of "
+                          f"--lease-duration ({args.lease_duration:g}s)")
     url: str = args.repo
     workdir = args.workdir or Path.home() / ".cache" / "gitops-canary" / "mirrors" / \
         hashlib.sha256(f"{url}#{args.branch}".encode()).hexdigest()[:16]
@@ -209,8 +227,8 @@ def _run(args: argparse.Namespace) -> int:
                                         (f"GIT_{kind}_EMAIL", email.rstrip("> ").strip()))}
     namespaces = frozenset(n.strip() for n in args.namespaces.split(",") if n.strip()) \
         if args.namespaces else None
-    kube = Kube(connect(args.kubeconfig), namespaces, frozenset(args.allow_cluster_kind),
-                args.state_namespace)
+    api = connect(args.kubeconfig)
+    kube = Kube(api, namespaces, frozenset(args.allow_cluster_kind), args.state_namespace)
     sink, promotions, forge_approvers = _forge(args, source)
     reconciler = Reconciler(source, kube, sink, _prometheus(args), promotions=promotions,
                             propose_on_failure=args.promote_pr == "always",
@@ -230,7 +248,17 @@ def _run(args: argparse.Namespace) -> int:
                    webhook_secret=secret) if args.metrics_address else None
     log.info("watching %s (branch %s) every %.0fs", source.url, args.branch, args.interval)
     try:
-        loop(reconciler, args.interval, stop, wake=wake, metrics=metrics)
+        if not args.leader_election:
+            loop(reconciler, args.interval, stop, wake=wake, metrics=metrics)
+        else:
+            elector = Elector(api, args.state_namespace, args.identity or default_identity(),
+                              duration=args.lease_duration, renew=args.lease_renew)
+            log.info("leader election: candidate %s for Lease %s/%s", elector.identity,
+                     elector.namespace, elector.name)
+            # The Lease is released only after the loop's last reconcile has returned.
+            with elected(elector, on_elected=wake.set) as leading:
+                loop(reconciler, args.interval, stop, wake=wake, metrics=metrics,
+                     leading=leading)
     finally:
         if server is not None:
             server.shutdown()
@@ -240,12 +268,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def _forge(args: argparse.Namespace, source: GitSource
            ) -> tuple[StatusSink, PromotionRequests | None, ForgeApprovers | None]:
+    from controller.edges.statuses import GitNotesSink
+
     if args.forge == "notes":
         return GitNotesSink(source), None, None
     token = _secret(args.forge_token_file, "GITOPS_CANARY_FORGE_TOKEN")
     if not (args.forge_url and args.forge_repo and token):
         raise CanaryError(f"--forge {args.forge} needs --forge-url, --forge-repo and a token "
                           f"(--forge-token-file or $GITOPS_CANARY_FORGE_TOKEN)")
+    import httpx
+
+    from controller.edges.forges import ForgeStatusSink, auth_headers, make_forge
+    from controller.promotions import PromotionRequests
+
     client = httpx.Client(base_url=args.forge_url.rstrip("/"), timeout=10.0,
                           headers=auth_headers(args.forge, token))
     forge = make_forge(args.forge, args.forge_repo)
@@ -262,6 +297,8 @@ def _forge(args: argparse.Namespace, source: GitSource
 def _prometheus(args: argparse.Namespace) -> Prometheus | None:
     if not args.prometheus_url:
         return None
+    from controller.edges.prometheus import Auth, Prometheus
+
     auth = Auth(bearer=_secret(args.prometheus_token_file, "GITOPS_CANARY_PROMETHEUS_TOKEN"))
     basic = _secret(args.prometheus_basic_auth_file, "GITOPS_CANARY_PROMETHEUS_BASIC_AUTH")
     if basic:
@@ -274,6 +311,11 @@ def _prometheus(args: argparse.Namespace) -> Prometheus | None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from controller.analysis import analyze
+    from controller.apps import AppReader
+    from controller.domain.judge import summary, to_json
+    from controller.edges.git import GitRepo
+
     prom = _prometheus(args)
     if prom is None:
         raise CanaryError("analyze needs --prometheus-url (or $GITOPS_CANARY_PROMETHEUS)")
@@ -294,6 +336,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
+    from controller.domain.judge import judge, parse_input, to_json
+
     source = "stdin" if args.input == "-" else args.input
     try:
         text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
@@ -343,9 +387,11 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from controller.edges.kube import Kube, connect
+
     kube = Kube(connect(args.kubeconfig), state_namespace=args.state_namespace)
     rows: list[dict[str, Any]] = []
-    for app, record in sorted(kube.records().items()):
+    for app, record in sorted(kube.records(quarantine=False).items()):
         status = record.last_status
         rows.append({
             "app": app,
@@ -373,6 +419,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _canary_of(args: argparse.Namespace) -> tuple[GitRepo, AppReader, Path, Sha]:
+    from controller.apps import AppReader
+    from controller.edges.git import GitRepo
+
     repo = GitRepo.open(args.repo)
     if repo.repo.is_dirty(untracked_files=False):
         raise CanaryError(f"{repo.repo.working_dir} has uncommitted changes; commit or stash "
@@ -400,8 +449,10 @@ def _reject(args: argparse.Namespace) -> int:
     repo, _, policy_path, revision = _canary_of(args)
     record = None
     if args.kubeconfig:
+        from controller.edges.kube import Kube, connect
+
         kube = Kube(connect(args.kubeconfig), state_namespace=args.state_namespace)
-        record = kube.records().get(AppName(args.app))
+        record = kube.records(quarantine=False).get(AppName(args.app))
         if record is not None and record.canary_revision is None:
             raise CanaryError(f"no canary of {args.app} is running (phase {record.phase}): "
                               f"nothing to reject")

@@ -1,12 +1,18 @@
 """The controller loop: reconcile, then sleep until the poll interval passes or something wakes
 it early — a file-system event in a local source repository (watchdog), or an app in a
-transition (a rollout to wait for) that deserves a quick look again."""
+transition (a rollout to wait for) that deserves a quick look again.
+
+The loop never dies of a reconcile: an exception is logged with its traceback, counted
+(`gitops_canary_reconciles_total{result="crash"}`) and the next reconcile comes an interval
+later. With leader election, only the leader reconciles; a standby keeps looping, so /healthz
+sees it alive, but never counts as ready (/readyz), and a webhook only wakes it to wait again."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -61,14 +67,29 @@ def watch(url: str, wake: threading.Event) -> BaseObserver | None:
 
 
 def loop(reconciler: Reconciler, interval: float, stop: threading.Event,
-         wake: threading.Event | None = None, metrics: Metrics | None = None) -> None:
+         wake: threading.Event | None = None, metrics: Metrics | None = None,
+         leading: Callable[[], bool] | None = None) -> None:
+    """Reconcile until `stop`. With `leading`, reconcile only while it says so: it is asked
+    before each reconcile, so a leader that could not renew its Lease in time stops at once."""
     wake = wake or threading.Event()
     observer = watch(reconciler.source.url, wake)
     try:
         while not stop.is_set():
             wake.clear()
+            if leading is not None and not leading():
+                _standby(metrics)
+                _wait_any((wake, stop), interval)  # the elector wakes us when we lead
+                continue
             started = time.monotonic()
-            result: Result = reconciler.reconcile()
+            try:
+                result: Result = reconciler.reconcile()
+            except Exception:
+                log.exception("reconcile crashed; the next one in %.0fs", interval)
+                if metrics is not None:
+                    metrics.reconciles.labels("crash").inc()
+                    metrics.last_finished = time.monotonic()  # the loop itself is not stuck
+                _wait_any((stop,), interval)
+                continue
             if metrics is not None:
                 metrics.observe(result, time.monotonic() - started)
             delay = TRANSITION_INTERVAL if result.waiting else interval
@@ -80,6 +101,13 @@ def loop(reconciler: Reconciler, interval: float, stop: threading.Event,
         if observer is not None:
             observer.stop()
             observer.join(timeout=5)
+
+
+def _standby(metrics: Metrics | None) -> None:
+    """Alive (the loop turns), never ready: readiness means "reconciled recently as leader"."""
+    if metrics is not None:
+        metrics.last_finished = time.monotonic()
+        metrics.last_success = None
 
 
 def _wait_any(events: tuple[threading.Event, ...], timeout: float) -> None:

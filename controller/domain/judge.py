@@ -32,7 +32,6 @@ from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from controller.domain.policy import _Fields, _kind
 from controller.errors import InputError
@@ -192,6 +191,8 @@ def _ratio(metric: MetricInput, alpha: float) -> _Finding:
     (good_b, total_b), (good_c, total_c) = base, can
     base_value, can_value = good_b / total_b, good_c / total_c
     bad_b, bad_c = total_b - good_b, total_c - good_c
+    from scipy import stats  # here, not above: scipy takes most of a CLI's start otherwise
+
     table = np.array([[good_c, bad_c], [good_b, bad_b]])
     p_low = float(stats.fisher_exact(table, alternative="less").pvalue)
     p_high = float(stats.fisher_exact(table, alternative="greater").pvalue)
@@ -225,6 +226,8 @@ def _samples(metric: MetricInput, alpha: float) -> _Finding:
                         None if can is None else float(np.median(can)))
     median_b, median_c = float(np.median(base)), float(np.median(can))
     effect = median_c / median_b if median_b else None
+    from scipy import stats  # here, not above: scipy takes most of a CLI's start otherwise
+
     p_low = float(stats.mannwhitneyu(can, base, alternative="less").pvalue)
     greater = stats.mannwhitneyu(can, base, alternative="greater")
     p_high, u_canary = float(greater.pvalue), float(greater.statistic)
@@ -253,6 +256,8 @@ def _brown_forsythe(base: Floats, can: Floats) -> tuple[float | None, float]:
     if all(np.ptp(d) == 0 for d in deviations):
         # Levene divides by the variation of the deviations, zero here: the spreads are exact.
         return None, 0.0 if deviations[0][0] != deviations[1][0] else 1.0
+    from scipy import stats
+
     result = stats.levene(can, base, center="median")
     return float(result.statistic), float(result.pvalue)
 

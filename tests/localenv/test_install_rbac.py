@@ -8,6 +8,8 @@ hold what they promise.
 - The Deployment runs `gitops-canary run` with flags the CLI accepts, the API server accepts it
   (strict field validation) and its pod meets the `restricted` Pod Security Standard, and the
   Service and the ServiceMonitor point at the port it serves /metrics on.
+- Two replicas, one leader: the ServiceAccount may hold the Lease in its state namespace (and
+  only that one), upgrades roll one pod at a time, and a PodDisruptionBudget keeps one running.
 - The dashboard keeps the seed's two panels verbatim, queries only metrics the controller
   exports, and every query (annotations included) runs on a real Prometheus scraping the
   controller's real /metrics endpoint.
@@ -41,6 +43,7 @@ from controller.domain.render import key_of
 from controller.domain.types import LABEL_APP, LABEL_VERSION, AppName, Phase, Sha, StatusState
 from controller.edges.kube import API_VERSIONS, VARIANT_KINDS, Kube
 from controller.errors import ForbiddenError
+from controller.leader import LEASE_NAME, Elector
 from controller.metrics import EVENTS, Metrics, serve
 from controller.reconcile import Outcome, Result
 from localcluster import prometheus as localprometheus
@@ -120,7 +123,7 @@ def mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
 def test_install_manifests_parse_and_run_the_controller_least_privileged() -> None:
     objects = install_objects()
     kinds = {o["kind"] for o in objects}
-    assert kinds == {"Namespace", *RBAC_KINDS, "Deployment", "Service"}
+    assert kinds == {"Namespace", *RBAC_KINDS, "Deployment", "PodDisruptionBudget", "Service"}
     assert "ClusterRoleBinding" not in kinds
     state = only(objects, "Namespace", "gitops-canary")["metadata"]["name"]
 
@@ -134,7 +137,16 @@ def test_install_manifests_parse_and_run_the_controller_least_privileged() -> No
     deployment = only(objects, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert deployment["metadata"]["namespace"] == state
-    assert deployment["spec"]["replicas"] == 1  # no leader election: exactly one controller
+    # Two replicas, one leader; an upgrade never leaves fewer than two pods (no Recreate).
+    assert args.leader_election is True
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    budget = only(objects, "PodDisruptionBudget")
+    assert budget["metadata"]["namespace"] == state
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= \
+        deployment["spec"]["template"]["metadata"]["labels"].items()
     account = only(objects, "ServiceAccount")
     assert pod["serviceAccountName"] == account["metadata"]["name"]
     assert account["metadata"]["namespace"] == state
@@ -144,7 +156,12 @@ def test_install_manifests_parse_and_run_the_controller_least_privileged() -> No
     # Records: a Role in the state namespace, bound to the account.
     records = only(objects, "Role")
     assert records["metadata"]["namespace"] == state
-    assert grants(records, "", "configmaps") >= {"get", "list", "create", "patch"}
+    assert grants(records, "", "configmaps") >= {"get", "list", "create", "patch", "delete"}
+    # The Lease: read and renewed by name, created the first time; nothing else of leases.
+    assert grants(records, "coordination.k8s.io", "leases") == {"get", "create", "update"}
+    for rule in records["rules"]:
+        if "leases" in rule["resources"] and set(rule["verbs"]) & {"get", "update"}:
+            assert rule["resourceNames"] == [LEASE_NAME]
     bindings = [o for o in objects if o["kind"] == "RoleBinding"]
     assert any(b["metadata"]["namespace"] == state and b["roleRef"]["kind"] == "Role"
                and b["roleRef"]["name"] == records["metadata"]["name"]
@@ -193,7 +210,9 @@ def test_install_manifests_parse_and_run_the_controller_least_privileged() -> No
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == int(port)
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # Ready when alive: /readyz is the leader's alone, and a standby never Ready would stall
+    # rolling updates and block the eviction of the leader (see controller.yml).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     service = only(objects, "Service")
     assert service["metadata"]["namespace"] == state
@@ -396,6 +415,17 @@ def test_the_service_account_can_do_the_controllers_whole_job(
         "gitops-canary.sampleapp", installed.state)
     assert json.loads(stored.data["record"])["phase"] == "Analyzing"
 
+    # The Lease: created, renewed, released by one replica, then taken by the other.
+    first = Elector(installed.as_controller, installed.state, "replica-a", duration=30, renew=5)
+    second = Elector(installed.as_controller, installed.state, "replica-b", duration=30, renew=5)
+    assert first.attempt()  # create
+    assert first.attempt()  # renew (get, update)
+    assert not second.attempt()
+    first.release()  # update
+    assert second.attempt()
+    lease = client.CoordinationV1Api(api_client).read_namespaced_lease(LEASE_NAME, installed.state)
+    assert (lease.spec.holder_identity, lease.spec.lease_transitions) == ("replica-b", 1)
+
 
 @pytest.mark.cluster
 def test_the_service_account_cannot_reach_beyond_its_namespaces(
@@ -434,8 +464,23 @@ def test_the_service_account_cannot_reach_beyond_its_namespaces(
     with pytest.raises(ForbiddenError, match=denied):
         anywhere.apply([{"apiVersion": "v1", "kind": "Namespace",
                          "metadata": {"name": f"{namespace}-x"}}])
-    with pytest.raises(ForbiddenError, match=denied):  # records: written, never deleted
-        anywhere.delete(("ConfigMap", installed.state, "gitops-canary.sampleapp"))
+    with pytest.raises(ForbiddenError, match=denied):  # deletes records (quarantine) only
+        anywhere.delete(("ConfigMap", "kube-system", "kube-root-ca.crt"))
+
+    # Leases: its own, by name, in its own namespace; no other Lease, and none elsewhere.
+    leases = client.CoordinationV1Api(installed.as_controller)
+    for ns, name in ((installed.state, "kube-controller-manager"), (namespace, LEASE_NAME)):
+        with pytest.raises(ApiException) as lease_denied:
+            leases.read_namespaced_lease(name, ns)
+        assert lease_denied.value.status == 403, (ns, name)
+    with pytest.raises(ApiException) as listing:
+        leases.list_namespaced_lease(installed.state)
+    assert listing.value.status == 403
+    foreign = client.V1Lease(metadata=client.V1ObjectMeta(name=LEASE_NAME),
+                             spec=client.V1LeaseSpec(holder_identity="intruder"))
+    with pytest.raises(ApiException) as creating:
+        leases.create_namespaced_lease(namespace, foreign)
+    assert creating.value.status == 403
 
 
 @pytest.mark.cluster
@@ -443,7 +488,8 @@ def test_the_api_server_accepts_the_controllers_deployment_and_its_pod(
     installed: Installed, api_client: client.ApiClient,
 ) -> None:
     objects, dynamic = install_objects(), DynamicClient(api_client)
-    for obj in (only(objects, "Deployment"), only(objects, "Service")):
+    for obj in (only(objects, "Deployment"), only(objects, "PodDisruptionBudget"),
+                only(objects, "Service")):
         obj = copy.deepcopy(obj)
         obj["metadata"]["namespace"] = installed.state
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
