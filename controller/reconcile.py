@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller import failpoints
 from controller.analysis import analyze
 from controller.approvals import ForgeApprovers, Gate
 from controller.apps import AppReader, Desired
@@ -29,6 +30,7 @@ from controller.domain.machine import (
     advance,
     analysis_due,
     analysis_due_at,
+    outbox,
 )
 from controller.domain.policy import POLICY_FILE, Policy, with_approval
 from controller.domain.render import (
@@ -88,6 +90,18 @@ class Result:
         return min(due) if due else None
 
 
+CRASH_BACKOFF, CRASH_BACKOFF_MAX = 5.0, 600.0
+
+
+@dataclass
+class Crash:
+    tree: str
+    failures: int
+    retry_at: float  # monotonic
+    message: str
+    reported: bool = False
+
+
 class Claims:
     """Which folder owns which app name: the one its record names, while that folder still
     exists; a name without a record goes to the first folder (in path order) that claims it."""
@@ -120,6 +134,7 @@ class Reconciler:
         self.reader = AppReader(source)
         self.gate = Gate(source, self.reader, allowed_signers, forge_approvers)
         self._refused_claims: set[tuple[str, str]] = set()
+        self._crashes: dict[str, Crash] = {}  # by folder: an app's own unit of failure
 
     # --- the loop body ----------------------------------------------------------------------
 
@@ -134,10 +149,39 @@ class Reconciler:
         claims = Claims(records, {f.path for f in folders})
         outcomes = []
         for folder in folders:
-            outcome = self._reconcile_app(head, folder, records, claims)
+            crash = self._crashes.get(folder.path)
+            if crash is not None and crash.tree == folder.tree and \
+                    time.monotonic() < crash.retry_at:
+                continue  # backing off; a new commit to the folder retries at once
+            try:
+                outcome = self._reconcile_app(head, folder, records, claims)
+            except Exception as error:  # one app's failure is that app's, never the loop's
+                self._crashed(head, folder, error)
+                continue
+            self._crashes.pop(folder.path, None)
             if outcome is not None:
                 outcomes.append(outcome)
         return Result(head, tuple(outcomes))
+
+    def _crashed(self, head: Sha, folder: AppFolder, error: Exception) -> None:
+        """Anything no stage expected: a log line with the traceback, an error status on the
+        folder's last commit (once per message), and exponential backoff for that app only."""
+        log.exception("app in %s failed; the other apps go on", folder.path or "/")
+        previous = self._crashes.get(folder.path)
+        failures = previous.failures + 1 if previous and previous.tree == folder.tree else 1
+        delay = min(CRASH_BACKOFF * 2 ** (failures - 1), CRASH_BACKOFF_MAX)
+        message = f"{folder.path or '/'}: internal error ({type(error).__name__}: {error})"
+        crash = Crash(folder.tree, failures, time.monotonic() + delay, message)
+        self._crashes[folder.path] = crash
+        if previous is not None and previous.message == message and previous.reported:
+            crash.reported = True
+            return
+        try:
+            sha = self.source.last_change(head, folder.path)
+            self.sink.post(folder.name, sha, StatusState.ERROR, message)
+            crash.reported = True
+        except Exception:  # reported on a later attempt
+            log.warning("app in %s: the error status could not be posted", folder.path)
 
     def _reconcile_app(self, head: Sha, folder: AppFolder, records: dict[AppName, Record],
                        claims: Claims) -> Outcome | None:
@@ -294,8 +338,11 @@ class Reconciler:
         statuses = decision.statuses
         new_record = decision.record
         writes = self._plan(record, decision, rendered, desired, variants)
+        # The new tree counts as done only once its writes are: an apply that fails (or a
+        # kill) leaves the old tree in the record, so the next reconcile applies it again.
         intent = dataclasses.replace(new_record, last_status=record.last_status,
-                                     unposted=record.unposted + statuses)
+                                     observed_tree=record.observed_tree,
+                                     unposted=outbox(record.unposted + statuses))
         try:
             if writes is not None:
                 self.kube.claim(writes.applies, {o.key for o in record.inventory or ()},
@@ -304,6 +351,7 @@ class Reconciler:
                 new_record = dataclasses.replace(new_record, inventory=writes.after)
             if intent != record:
                 self.kube.save_record(intent)
+                failpoints.hit("record-saved")
             if writes is not None:
                 self._perform(app, writes)
         except CanaryError as error:
@@ -320,16 +368,34 @@ class Reconciler:
             new_record = dataclasses.replace(record, error=str(error), inventory=inventory,
                                              last_status=statuses[-1] if statuses else None)
             intent = dataclasses.replace(new_record, last_status=record.last_status,
-                                         unposted=record.unposted + statuses)
+                                         unposted=outbox(record.unposted + statuses))
             self.kube.save_record(intent)
-        for note in intent.unposted:
-            self.sink.post(app, note.sha, note.state, note.description)
-        if intent.unposted:
-            new_record = dataclasses.replace(new_record, last_status=intent.unposted[-1])
-        new_record = dataclasses.replace(new_record, unposted=())
+        posted, left = self._post(app, intent.unposted)
+        if posted:
+            new_record = dataclasses.replace(new_record, last_status=posted[-1])
+        new_record = dataclasses.replace(new_record, unposted=left)
         if new_record != intent:
             self.kube.save_record(new_record)
+            failpoints.hit("record-saved")
         return Outcome(app, new_record, decision.actions)
+
+    def _post(self, app: AppName, notes: tuple[StatusNote, ...]
+              ) -> tuple[tuple[StatusNote, ...], tuple[StatusNote, ...]]:
+        """Post the outbox in order: (posted, left for the next reconcile). A sink that is
+        down keeps the rest; a status it refuses for good is dropped with a log line."""
+        posted: list[StatusNote] = []
+        for i, note in enumerate(notes):
+            try:
+                self.sink.post(app, note.sha, note.state, note.description)
+                failpoints.hit("status-posted")
+            except TransientError as error:
+                log.warning("app %s: status on %s not posted yet: %s", app, note.sha[:7], error)
+                return tuple(posted), notes[i:]
+            except CanaryError as error:
+                log.error("app %s: status on %s refused, dropped: %s", app, note.sha[:7], error)
+                continue
+            posted.append(note)
+        return tuple(posted), ()
 
     def _plan(self, record: Record, decision: Decision, rendered: Rendered | None,
               desired: Desired | InputError, variants: list[KubeObject]) -> Plan | None:
@@ -347,8 +413,10 @@ class Reconciler:
         for step in writes.steps:
             if step.apply:
                 self.kube.apply(step.apply)
+                failpoints.hit("apply")
             for gone in step.delete:
                 self.kube.delete(gone.key, app=app, api_version=gone.api_version)
+                failpoints.hit("delete")
         # Promote requests are handled by _follow_up, after the statuses they quote.
 
     def _follow_up(self, app: AppName, head: Sha, folder: AppFolder, decision: Decision,
@@ -401,3 +469,4 @@ class Reconciler:
         self.source.push_to_branch(commit)
         log.info("app %s: judgment auto: pushed %s %s", app,
                  "the approval" if approve else "the revert", commit[:7])
+

@@ -7,6 +7,7 @@ run the cluster tests there instead of the local one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -55,19 +56,19 @@ def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
 def namespace(api_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"t-{stem}-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
+    with fresh_namespace(api_client, f"t-{stem}-{uuid.uuid4().hex[:6]}") as name:
         yield name
-    finally:
-        core.delete_namespace(name, propagation_policy="Background")
 
 
 @pytest.fixture
 def state_namespace(api_client: client.ApiClient, namespace: str) -> Iterator[str]:
     """The controller's records live apart from the apps: git may never write there."""
-    name = f"{namespace}-s"
+    with fresh_namespace(api_client, f"{namespace}-s") as name:
+        yield name
+
+
+@contextlib.contextmanager
+def fresh_namespace(api_client: client.ApiClient, name: str) -> Iterator[str]:
     core = client.CoreV1Api(api_client)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     try:

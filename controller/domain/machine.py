@@ -35,6 +35,7 @@ from controller.domain.types import AppName, Fingerprint, Phase, Sha, StatusStat
 NO_FINGERPRINT = Fingerprint("")
 NO_SHA = Sha("")
 USED_APPROVALS_KEPT = 32
+OUTBOX_LIMIT = 64  # statuses kept for a sink that is down: the newest per commit
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,11 @@ def advance(record: Record, obs: Observation, now: float) -> Decision:
 def _decide(record: Record, obs: Observation, now: float) -> Decision:
     if obs.problem is not None:
         sha = obs.problem_sha or obs.revision
+        note = StatusNote(sha, StatusState.ERROR, obs.problem) if sha else None
+        if record.error == obs.problem and record.last_status == note:
+            return Decision(record)  # said once already: not again on every reconcile
         return Decision(dataclasses.replace(record, error=obs.problem),
-                        statuses=(StatusNote(sha, StatusState.ERROR, obs.problem),) if sha else ())
+                        statuses=(note,) if note else ())
     record = dataclasses.replace(record, error=None)
     fp, rev = obs.fingerprint, obs.revision
 
@@ -232,6 +236,10 @@ def _promote(record: Record, obs: Observation, how: str) -> Decision:
 
 
 def _finish_promotion(record: Record, obs: Observation) -> Decision:
+    if record.observed_tree != obs.tree:
+        # Git moved on during the rollout without changing the pods (replicas, a Service):
+        # apply that too before calling the promotion done, or it would be lost.
+        return Decision(record, (Action.APPLY_STABLE,))
     if not obs.stable_ready:
         return Decision(record)
     revision = record.canary_revision or obs.revision
@@ -366,3 +374,13 @@ def _judged(record: Record, obs: Observation, judgement: Judgement, now: float,
 
 def _json(judgement: Judgement) -> str:
     return json.dumps(to_json(judgement), sort_keys=True)
+
+
+def outbox(notes: tuple[StatusNote, ...]) -> tuple[StatusNote, ...]:
+    """The statuses still to post, bounded: for each commit only its newest (a replay after a
+    restart never takes a commit back to an older status), at most OUTBOX_LIMIT commits."""
+    newest: dict[Sha, StatusNote] = {}
+    for note in notes:
+        newest.pop(note.sha, None)
+        newest[note.sha] = note  # re-inserted: the order is that of the newest notes
+    return tuple(newest.values())[-OUTBOX_LIMIT:]

@@ -278,8 +278,14 @@ class GitLab:
                                 "description": status.description}
         if target_url:
             body["target_url"] = target_url
-        _check(client.post(f"{self.prefix}/projects/{self.project}/statuses/{sha}", json=body),
-               f"gitlab: posting the status of {sha[:7]}")
+        response = client.post(f"{self.prefix}/projects/{self.project}/statuses/{sha}",
+                               json=body)
+        if response.status_code == 400 and "Cannot transition status" in response.text:
+            # GitLab refuses a second status in the state the commit is in already (pending
+            # → pending with a new description): the commit shows that state, which is done.
+            log.info("gitlab: %s on %s is %s already", status.context, sha[:7], status.state)
+            return
+        _check(response, f"gitlab: posting the status of {sha[:7]}")
 
     def statuses(self, client: httpx.Client, sha: Sha) -> list[Status]:
         response = _check(

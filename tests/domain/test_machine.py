@@ -14,6 +14,7 @@ from controller.domain.machine import (
     StatusNote,
     advance,
     analysis_due,
+    outbox,
 )
 from controller.domain.policy import Analysis
 from controller.domain.types import AppName, Fingerprint, Phase, Sha, StatusState
@@ -144,6 +145,10 @@ ANALYZING = dataclasses.replace(CANARY, phase=Phase.ANALYZING, ready_at=NOW - 10
      dataclasses.replace(AWAITING, phase=Phase.PROMOTING, promoting="promote"),
      obs(stable_fingerprint=NEW, stable_ready=False, variants_present=True),
      Phase.PROMOTING, [], []),
+    ("a commit during the rollout that changes no pod (replicas) is applied, not lost",
+     dataclasses.replace(AWAITING, phase=Phase.PROMOTING, promoting="promote"),
+     obs(stable_fingerprint=NEW, variants_present=True, tree="t9"),
+     Phase.PROMOTING, [Action.APPLY_STABLE], []),
     ("promotion rolled out: delete variants, promoted",
      dataclasses.replace(AWAITING, phase=Phase.PROMOTING, promoting="promote"),
      obs(stable_fingerprint=NEW, variants_present=True),
@@ -243,3 +248,19 @@ def test_waiting_phases_ask_for_a_quick_requeue() -> None:
     assert advance(Record(APP), obs(), NOW).waiting
     assert not advance(AWAITING, obs(variants_present=True, variants_fingerprint=NEW,
                                      variants_ready=True), NOW).waiting
+
+
+def test_the_outbox_keeps_the_newest_status_per_commit_so_a_replay_never_goes_back() -> None:
+    promoting = StatusNote(R2, StatusState.PENDING, "promoting")
+    promoted = StatusNote(R2, StatusState.SUCCESS, "promoted")
+    superseded = StatusNote(R1, StatusState.ERROR, "superseded")
+    assert outbox((promoting, superseded, promoted)) == (superseded, promoted)
+    assert outbox((promoted, promoting)) == (promoting,)  # the later decision wins
+
+
+def test_the_outbox_is_bounded_when_the_sink_is_down_for_a_day() -> None:
+    notes = tuple(StatusNote(Sha(f"{i:040x}"), StatusState.PENDING, "analysing")
+                  for i in range(1000))
+    kept = outbox(notes * 3)
+    assert len(kept) == 64
+    assert kept[-1] == notes[-1]

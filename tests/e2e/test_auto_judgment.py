@@ -21,7 +21,7 @@ def remote_log(story: Story) -> list[str]:
 def test_the_controller_commits_the_approval_and_the_revert(kubeconfig: Path,
                                                             tmp_path: Path) -> None:
     story = Story(tmp_path / "story", namespace=f"auto-{uuid.uuid4().hex[:6]}",
-                  timing=Timing(warmup="10s", interval="5s", window="30s", deadline="90s",
+                  timing=Timing(warmup="20s", interval="5s", window="30s", deadline="90s",
                                 poll="2s", qps=100), say=print, judgment="auto")
     try:
         story.up(kubeconfig)

@@ -166,6 +166,23 @@ def test_gitlab_dedupes_on_the_newest_status_of_the_context() -> None:
         "sampleapp", SHA, StatusState.ERROR, str(GITLAB_STATUS["description"]))
 
 
+def test_gitlab_refusing_a_second_status_in_the_same_state_is_success() -> None:
+    """GitLab answers 400 to a pending after a pending (a new description): the commit shows
+    pending, which is what was asked; it must not raise on every reconcile."""
+    older = {**GITLAB_STATUS, "id": 90, "status": "pending", "description": "canary deployed"}
+    recorded = Recorded([
+        ({"method": "GET", "path": f"/api/v4/projects/42/repository/commits/{SHA}/statuses"},
+         httpx.Response(200, json=[older])),
+        ({"method": "POST", "path": f"/api/v4/projects/42/statuses/{SHA}"},
+         httpx.Response(400, json={"message": "Cannot transition status via :enqueue from "
+                                              ":pending (Reason(s): Status cannot transition "
+                                              "via \"enqueue\")"})),
+    ])
+    assert sink("gitlab", "42", recorded).post("sampleapp", SHA, StatusState.PENDING,
+                                               "canary ready: analysis starts")
+    assert recorded.pairs == []
+
+
 def test_descriptions_are_clipped_to_140_characters() -> None:
     long = "x" * 300
     captured: list[dict[str, Any]] = []
