@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,7 +244,8 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     metrics = Metrics()
     secret = _secret(args.webhook_secret_file, "GITOPS_CANARY_WEBHOOK_SECRET")
-    server = serve(metrics, args.metrics_address, args.interval, on_push=wake.set,
+    push = _Push(wake)
+    server = serve(metrics, args.metrics_address, args.interval, on_push=push,
                    webhook_secret=secret) if args.metrics_address else None
     log.info("watching %s (branch %s) every %.0fs", source.url, args.branch, args.interval)
     try:
@@ -257,6 +258,7 @@ def _run(args: argparse.Namespace) -> int:
                      elector.namespace, elector.name)
             # The Lease is released only after the loop's last reconcile has returned.
             with elected(elector, on_elected=wake.set) as leading:
+                push.leading = leading
                 loop(reconciler, args.interval, stop, wake=wake, metrics=metrics,
                      leading=leading)
     finally:
@@ -264,6 +266,20 @@ def _run(args: argparse.Namespace) -> int:
             server.shutdown()
     log.info("stopped")
     return 0
+
+
+class _Push:
+    """A genuine push webhook wakes the loop; a standby refuses it: only the leader acts."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+        self.leading: Callable[[], bool] = lambda: True
+
+    def __call__(self) -> bool:
+        if not self.leading():
+            return False
+        self.wake.set()
+        return True
 
 
 def _forge(args: argparse.Namespace, source: GitSource

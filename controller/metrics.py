@@ -217,11 +217,12 @@ def _turn_away(request: socket.socket) -> None:
 
 
 def serve(metrics: Metrics, address: str, interval: float,
-          on_push: Callable[[], None] | None = None,
+          on_push: Callable[[], bool | None] | None = None,
           webhook_secret: str | None = None, *,
           timeout: float = REQUEST_TIMEOUT,
           max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
-    """Serve in a thread. POST /webhook wakes the loop (`on_push`) for a genuine push.
+    """Serve in a thread. POST /webhook wakes the loop (`on_push`) for a genuine push;
+    `on_push` returning False (a standby) refuses it with 503.
 
     The port is open to whoever can reach it: a client silent for `timeout` seconds is
     dropped, at most `max_connections` are handled at once, and a webhook body is read only
@@ -255,8 +256,12 @@ def serve(metrics: Metrics, address: str, interval: float,
                 self._send(401, f"{verdict}\n".encode())
                 return
             if verdict is Hook.ACCEPTED:
+                if on_push() is False:
+                    # A standby: only the leader reconciles. 503 tells the forge (and whoever
+                    # reads its delivery log) that this push woke nobody here.
+                    self._refuse(503, b"standby: not the leader\n")
+                    return
                 log.info("push webhook from %s: reconciling now", forge)
-                on_push()
             self._send(202 if verdict is Hook.ACCEPTED else 200, f"{verdict}\n".encode())
 
         def do_GET(self) -> None:

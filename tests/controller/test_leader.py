@@ -13,7 +13,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -38,6 +42,7 @@ from tests.controller.conftest import DeployRepo, deployment, git, service
 from tests.waiting import eventually
 
 APP = "apps/sampleapp"
+WEBHOOK_SECRET = "leader-test-secret"
 LEASE_DURATION, LEASE_RENEW = 6, 1  # seconds: short, so that the takeover test is quick
 
 
@@ -128,8 +133,9 @@ def start(identity: str, repo: DeployRepo, kubeconfig: Path, namespace: str,
                "--workdir", str(tmp_path / f"{identity}-mirror"),
                "--metrics-address", f"127.0.0.1:{port}", "--identity", identity,
                "--lease-duration", f"{LEASE_DURATION}s", "--lease-renew", f"{LEASE_RENEW}s"]
+    env = {**os.environ, "GITOPS_CANARY_WEBHOOK_SECRET": WEBHOOK_SECRET}
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=out)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=out, env=env)
     return Replica(identity, process, port, log)
 
 
@@ -221,6 +227,71 @@ def test_two_replicas_one_leader_and_the_standby_takes_over_when_it_is_killed(
     standby.process.send_signal(signal.SIGTERM)
     assert standby.process.wait(timeout=30) == 0, logs()
     assert lease_holder() is None, logs()
+
+
+def push_webhook(replica: Replica) -> int:
+    """A genuine (signed) Gitea push webhook to a replica: its HTTP status."""
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    response = httpx.post(f"http://127.0.0.1:{replica.port}/webhook", content=body, timeout=5,
+                          headers={"X-Gitea-Event": "push", "X-Gitea-Signature": signature},
+                          trust_env=False)
+    return response.status_code
+
+
+@pytest.mark.cluster
+def test_the_standby_finishes_a_promotion_when_the_leader_dies_mid_way(
+        replicas: dict[str, Replica], deploy_repo: DeployRepo, api_client: client.ApiClient,
+        namespace: str, state_namespace: str) -> None:
+    """kill -9 of the leader the moment stable receives the promoted spec: the standby takes
+    the Lease and finishes, with stable rolled out once and each status written once."""
+    def logs() -> str:
+        return "\n".join(f"--- {r.identity}\n{r.tail()}" for r in replicas.values())
+
+    def lease_holder() -> str | None:
+        try:
+            return holder(api_client, state_namespace)[0]
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    leader = replicas[eventually(lease_holder, "one replica to take the Lease")]
+    (standby,) = (r for r in replicas.values() if r is not leader)
+    assert eventually(lambda: leader.probe("/readyz") == 200, "the leader ready"), logs()
+    assert push_webhook(standby) == 503, logs()  # a standby refuses: it reconciles nothing
+    assert push_webhook(leader) == 202, logs()
+
+    bootstrap(deploy_repo, namespace, replicas=4)
+    apps = client.AppsV1Api(api_client)
+
+    def names() -> list[str]:
+        return sorted(str(d.metadata.name)
+                      for d in apps.list_namespaced_deployment(namespace).items)
+
+    eventually(lambda: names() == ["sampleapp"], "stable", timeout=120)
+    deploy_repo.write(f"{APP}/deployment.yml", deployment("sampleapp", "20", replicas=4))
+    change = deploy_repo.commit("rate 20")
+    eventually(lambda: names() == ["sampleapp", "sampleapp-baseline", "sampleapp-canary"],
+               "baseline and canary", timeout=120)
+    deploy_repo.write(f"{APP}/canary.yaml", {"namespace": namespace, "percentage": 25,
+                                             "bootstrap": "direct", "promote": change})
+    deploy_repo.commit("promote rate 20")
+
+    def stable_rate() -> str:
+        d = apps.read_namespaced_deployment("sampleapp", namespace)
+        return str(d.spec.template.spec.containers[0].env[0].value)
+
+    eventually(lambda: stable_rate() == "20", "stable to receive the promoted spec", every=0.02)
+    leader.process.send_signal(signal.SIGKILL)
+    leader.process.wait(timeout=10)
+    eventually(lambda: "success: promoted" in deploy_repo.note(change),
+               "the standby to finish the promotion", timeout=LEASE_DURATION + 60)
+    eventually(lambda: names() == ["sampleapp"], "baseline and canary deleted", timeout=60)
+    stable = apps.read_namespaced_deployment("sampleapp", namespace)
+    assert stable.metadata.annotations["deployment.kubernetes.io/revision"] == "2", logs()
+    assert status_writes(deploy_repo, change, "success: promoted") == 1, logs()
+    assert status_writes(deploy_repo, change, "pending: promoting") <= 1, logs()
 
 
 # --- the loop -----------------------------------------------------------------------------------
