@@ -32,7 +32,7 @@ from controller.domain.machine import (
     analysis_due_at,
     outbox,
 )
-from controller.domain.policy import POLICY_FILE, Policy, with_approval
+from controller.domain.policy import POLICY_FILE, Policy
 from controller.domain.render import (
     Key,
     Rendered,
@@ -58,7 +58,8 @@ from controller.edges.git import AppFolder, GitSource
 from controller.edges.kube import Kube, rollout_ready
 from controller.edges.prometheus import Prometheus
 from controller.edges.statuses import StatusSink
-from controller.errors import ApiError, CanaryError, InputError, TransientError
+from controller.errors import CanaryError, InputError, TransientError
+from controller.followups import FollowUps
 from controller.promotions import PromotionRequests
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class Reconciler:
         self.prometheus = prometheus
         self.promotions, self.propose_on_failure = promotions, propose_on_failure
         self.reader = AppReader(source)
+        self.follow_ups = FollowUps(source, promotions)
         self.gate = Gate(source, self.reader, allowed_signers, forge_approvers)
         self._refused_claims: set[tuple[str, str]] = set()
         self._crashes: dict[str, Crash] = {}  # by folder: an app's own unit of failure
@@ -208,7 +210,7 @@ class Reconciler:
             observation, rendered, variants = self._observe(head, folder, desired, record, now)
             decision = advance(record, observation, now)
             outcome = self._act(head, app, record, decision, rendered, desired, variants)
-            self._follow_up(app, head, folder, decision, outcome.record)
+            self.follow_ups.run(app, head, folder, decision, outcome.record)
         except TransientError as error:
             log.warning("app %s: %s (retrying on the next reconcile)", app, error)
             return Outcome(app, record)
@@ -417,56 +419,4 @@ class Reconciler:
             for gone in step.delete:
                 self.kube.delete(gone.key, app=app, api_version=gone.api_version)
                 failpoints.hit("delete")
-        # Promote requests are handled by _follow_up, after the statuses they quote.
-
-    def _follow_up(self, app: AppName, head: Sha, folder: AppFolder, decision: Decision,
-                   record: Record) -> None:
-        """What follows the statuses: promote pull requests, and with `judgment: auto` the
-        approval or revert commit. A forge or push that refuses is logged; the commits are
-        proposed again on the next reconcile, the canary is not held up."""
-        for action in decision.actions:
-            try:
-                if action is Action.COMMIT_APPROVAL:
-                    self._commit_judgment(app, head, folder, record, approve=True)
-                elif action is Action.COMMIT_REVERT:
-                    self._commit_judgment(app, head, folder, record, approve=False)
-                elif self.promotions is None:
-                    continue
-                elif action is Action.PROPOSE_PROMOTION and record.canary_revision:
-                    status = record.last_status.description if record.last_status else ""
-                    self.promotions.propose(app, folder.path, head, record.canary_revision,
-                                            status, record.analysis)
-                elif action is Action.WITHDRAW_PROMOTION:
-                    reason = decision.statuses[0].description if decision.statuses \
-                        else "the canary is gone"
-                    self.promotions.withdraw(app, reason)
-            except CanaryError as error:
-                log.error("app %s: %s: %s", app, action, error)
-
-    def _commit_judgment(self, app: AppName, head: Sha, folder: AppFolder, record: Record,
-                         approve: bool) -> None:
-        revision = record.canary_revision
-        if revision is None:
-            return
-        path = f"{folder.path}/{POLICY_FILE}" if folder.path else POLICY_FILE
-        policy_text = self.source.read_file(head, path)
-        verdict = record.last_status.description if record.last_status else ""
-        if approve:
-            commit = self.source.commit_file(
-                head, path, with_approval(policy_text, revision),
-                f"Promote {app} canary {revision[:7]} (judgment: auto)\n\n{verdict}")
-        else:
-            # Back to what stable runs: its revision's folder (else the canary's parent's),
-            # keeping today's canary.yaml.
-            base = record.stable_revision or self.source.first_parent(revision)
-            tree = self.source.folder_tree(base, folder.path) if base else None
-            if tree is None:
-                raise ApiError(f"no stable content to revert {app} to")
-            commit = self.source.commit_file(
-                head, path, policy_text,
-                f"Revert {app} canary {revision[:7]} (judgment: auto)\n\n{verdict}",
-                restore=(folder.path, tree))
-        self.source.push_to_branch(commit)
-        log.info("app %s: judgment auto: pushed %s %s", app,
-                 "the approval" if approve else "the revert", commit[:7])
-
+        # Promote requests and auto-judgment commits follow (FollowUps), after the statuses.
