@@ -17,7 +17,7 @@ The state machine adds the last rule: an approval is used once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.apps import AppReader, Desired
@@ -45,6 +45,9 @@ class Gate:
     reader: AppReader
     allowed_signers: Path | None = None
     forge_approvers: ForgeApprovers | None = None
+    # Who signed or merged a commit never changes: an answer is asked of git and the forge
+    # once, not on every reconcile while the canary waits (a refused approval can wait long).
+    _answers: dict[tuple[Sha, frozenset[str], bool], str | None] = field(default_factory=dict)
 
     def check(self, head: Sha, desired: Desired, governing: Policy | None,
               stable_revision: Sha | None) -> Verdict:
@@ -58,7 +61,11 @@ class Gate:
         if commit is None or not self.source.is_ancestor(revision, commit):
             return Verdict(None, "approval refused: the commit that set it must come after the "
                                  "canary revision on the branch")
-        refusal = self._authenticate(commit, governing)
+        key = (commit, frozenset(a.lower() for a in governing.approvers),
+               governing.require_signed_approval)
+        if key not in self._answers:
+            self._answers[key] = self._authenticate(commit, governing)
+        refusal = self._answers[key]
         return Verdict(None, refusal) if refusal else Verdict(revision)
 
     def _authenticate(self, commit: Sha, policy: Policy) -> str | None:

@@ -70,6 +70,16 @@ def holder(api: client.ApiClient, namespace: str) -> tuple[str | None, int | Non
     return lease.spec.holder_identity, lease.spec.lease_transitions
 
 
+def current_holder(api: client.ApiClient, namespace: str) -> str | None:
+    """The Lease's holder; None while nobody has created it yet."""
+    try:
+        return holder(api, namespace)[0]
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
 @pytest.mark.cluster
 def test_a_lease_is_taken_only_when_its_holder_stopped_renewing_or_released_it(
         api_client: client.ApiClient, state_namespace: str) -> None:
@@ -183,12 +193,7 @@ def test_two_replicas_one_leader_and_the_standby_takes_over_when_it_is_killed(
         replicas: dict[str, Replica], deploy_repo: DeployRepo, api_client: client.ApiClient,
         namespace: str, state_namespace: str) -> None:
     def lease_holder() -> str | None:
-        try:
-            return holder(api_client, state_namespace)[0]
-        except client.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return current_holder(api_client, state_namespace)
 
     def logs() -> str:
         return "\n".join(f"--- {r.identity}\n{r.tail()}" for r in replicas.values())
@@ -249,12 +254,7 @@ def test_the_standby_finishes_a_promotion_when_the_leader_dies_mid_way(
         return "\n".join(f"--- {r.identity}\n{r.tail()}" for r in replicas.values())
 
     def lease_holder() -> str | None:
-        try:
-            return holder(api_client, state_namespace)[0]
-        except client.ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return current_holder(api_client, state_namespace)
 
     leader = replicas[eventually(lease_holder, "one replica to take the Lease")]
     (standby,) = (r for r in replicas.values() if r is not leader)
