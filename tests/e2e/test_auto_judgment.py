@@ -32,14 +32,17 @@ def test_the_controller_commits_the_approval_and_the_revert(kubeconfig: Path,
                    and rate_of(d[APP]) == "20", "the controller to promote on its own")
         log = remote_log(story)
         assert f"gitops-canary|Promote {APP} canary {better[:7]} (judgment: auto)" in log
-        assert "promoted" in (story.status_of(better, "success") or "")
+        # The status follows the rollout it reports: wait for it, do not race it.
+        story.wait(lambda: "promoted" in (story.status_of(better, "success") or ""),
+                   "the promoted status")
 
         worse = story.set_success_rate(5, "sampleapp: success rate 5")  # pulls the approval
         story.wait(lambda: f"gitops-canary|Revert {APP} canary {worse[:7]} (judgment: auto)"
                    in remote_log(story), "the controller's revert")
         story.wait(lambda: ready(story.deployments(), {APP: 4}), "baseline and canary to go")
         assert rate_of(story.deployments()[APP]) == "20"
-        assert "rejected" in (story.status_of(worse, "failure") or "")
+        story.wait(lambda: "rejected" in (story.status_of(worse, "failure") or ""),
+                   "the rejected status")
         # The local clone catches up with what the controller committed, as a person's would.
         git(story.clone, "pull", "-q", "--rebase", "origin", "main")
         text = (story.app_dir / "deployment.yml").read_text()
