@@ -1,7 +1,10 @@
-"""One analysis of a canary: fill the metric templates per variant, query Prometheus, judge.
+"""One look at a canary: what each variant added since the last look, from Prometheus.
 
-Unreachable Prometheus or an empty result is no data for that metric, so the judgement is
-inconclusive — never a pass. A query Prometheus refuses is the policy's fault and raises.
+Each metric's templates are filled per variant with `{{ window }}` = the time since the last
+look (since the variants became ready, for the first), so the looks' increments add up to the
+evidence since then; the judge (`domain/sequential.py`) decides on their sum. Unreachable
+Prometheus or an empty result is no data for that look — never a pass. A query Prometheus
+refuses is the policy's fault and raises.
 """
 
 from __future__ import annotations
@@ -10,21 +13,38 @@ import logging
 import math
 from collections.abc import Sequence
 
-from controller.domain.judge import Counts, Judgement, MetricInput, judge
 from controller.domain.policy import Metric, Policy
 from controller.domain.promql import fill, variables
+from controller.domain.replay import Recorded
+from controller.domain.sequential import (
+    DEFAULT_TOLERANCE,
+    Assessment,
+    Buckets,
+    Counts,
+    Side,
+    Spec,
+    Step,
+)
 from controller.domain.types import Variant
 from controller.edges.prometheus import Prometheus
 from controller.errors import TransientError
 
 log = logging.getLogger(__name__)
 
-SAMPLES_PER_WINDOW = 20
+
+def recording(policy: Policy, app: str = "", revision: str = "") -> Recorded:
+    """An analysis with no look yet, as the policy asks for it."""
+    a = policy.analysis
+    specs = tuple(Spec(m.name, m.kind, m.direction,
+                       DEFAULT_TOLERANCE[m.kind] if m.tolerance is None else m.tolerance,
+                       m.critical, m.weight, m.objective) for m in a.metrics)
+    extra = {key: value for key, value in (("app", app), ("revision", revision)) if value}
+    return Recorded(a.interval, a.deadline, a.pass_score, a.marginal_score, specs,
+                    tuple(() for _ in specs), extra)
 
 
 def _measure(prom: Prometheus, policy: Policy, metric: Metric, variant: Variant,
-             workloads: Sequence[tuple[str, str]], now: float,
-             window: int) -> Counts | tuple[float, ...] | None:
+             workloads: Sequence[tuple[str, str]], now: float, window: int) -> Side:
     values = variables(policy.app, policy.namespace, str(variant), workloads, window)
     try:
         if metric.kind == "ratio":
@@ -33,28 +53,47 @@ def _measure(prom: Prometheus, policy: Policy, metric: Metric, variant: Variant,
             if good is None or total is None:
                 return None
             # increase() extrapolates per series: round to counts, good never above total.
-            counts = round(total)
+            counts = max(round(total), 0)
             return Counts(min(max(round(good), 0), counts), counts)
-        step = max(1.0, window / SAMPLES_PER_WINDOW)
-        return tuple(prom.series(fill(metric.query, values), now - window, now, step))
+        if metric.kind == "histogram":
+            return _buckets(prom.vector(fill(metric.query, values), at=now))
+        value = prom.scalar(fill(metric.query, values), at=now)
+        return None if value is None else (value,)
     except TransientError as error:
         log.warning("metric %s (%s): %s: no data", metric.name, variant, error)
         return None
 
 
-def analyze(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]], now: float,
-            since: float | None = None) -> Judgement:
-    """Judge the variants over the policy's window, cut at `since` (when they became ready):
-    series of pods from before (a replaced canary's) must not count."""
-    window = policy.analysis.window
-    if since is not None:
-        window = max(1, min(window, math.ceil(now - since)))
-    inputs = [
-        MetricInput(
-            name=metric.name, kind=metric.kind, direction=metric.direction,
-            baseline=_measure(prom, policy, metric, Variant.BASELINE, workloads, now, window),
-            canary=_measure(prom, policy, metric, Variant.CANARY, workloads, now, window),
-            critical=metric.critical, weight=metric.weight, tolerance=metric.tolerance)
-        for metric in policy.analysis.metrics
-    ]
-    return judge(inputs, policy.analysis.pass_score, policy.analysis.marginal_score)
+def _buckets(result: list[tuple[dict[str, str], float]]) -> Buckets | None:
+    """Bucket counts `by (le)`, rounded; None without the +Inf bucket (the total)."""
+    buckets: dict[float, float] = {}
+    for labels, value in result:
+        try:
+            le = float(labels.get("le", ""))
+        except ValueError:
+            continue
+        if not math.isnan(le):
+            buckets[le] = buckets.get(le, 0.0) + max(round(value), 0)
+    if math.inf not in buckets:
+        return None
+    ordered, highest = [], 0.0
+    for le in sorted(buckets):  # extrapolation may break monotony by a request: restore it
+        highest = max(highest, buckets[le])
+        ordered.append((le, highest))
+    return tuple(ordered)
+
+
+def look(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]], since: float,
+         now: float) -> tuple[Step, ...]:
+    """Each metric's increments of both variants over (since, now]."""
+    window = max(1, math.ceil(now - since))
+    return tuple(
+        Step(_measure(prom, policy, metric, Variant.BASELINE, workloads, now, window),
+             _measure(prom, policy, metric, Variant.CANARY, workloads, now, window))
+        for metric in policy.analysis.metrics)
+
+
+def analyze(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]],
+            since: float, now: float) -> Assessment:
+    """One look over (since, now] as the whole evidence: `gitops-canary analyze`."""
+    return recording(policy).add(look(prom, policy, workloads, since, now)).assess()

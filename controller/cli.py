@@ -158,8 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("app", metavar="APP")
     analyze.add_argument("--repo", type=Path, default=Path.cwd(),
                          help="a local clone of the deploy repository (default: here)")
+    analyze.add_argument("--window", type=int, default=600, metavar="SECONDS",
+                         help="judge what the variants served in the last SECONDS, as one "
+                              "look (default 600)")
 
-    judge = sub.add_parser("judge", help="judge saved metric data (JSON) offline")
+    replay = sub.add_parser("replay", parents=[output],
+                            help="re-run the controller's decision on a recorded analysis "
+                                 "(JSON; `status APP --series` prints one), no cluster")
+    replay.add_argument("--input", required=True, metavar="FILE", help="JSON file, - for stdin")
+
+    judge = sub.add_parser("judge", help="judge saved metric data (JSON) offline: one "
+                                         "fixed sample, Fisher / Mann-Whitney (no looks)")
     judge.add_argument("--input", required=True, metavar="FILE", help="JSON file, - for stdin")
 
     render = sub.add_parser("render", help="print the objects to apply")
@@ -168,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--live", type=Path, metavar="FILE",
                         help="YAML stream of the live stable objects (absent: first deployment)")
 
-    sub.add_parser("status", parents=[kube, output], help="show every app's phase and status")
+    status = sub.add_parser("status", parents=[kube, output],
+                            help="show every app's phase and status")
+    status.add_argument("app", metavar="APP", nargs="?", help="only this app")
+    status.add_argument("--series", action="store_true",
+                        help="print APP's analysis evidence, every look, as `replay` input")
 
     for name, text in (("promote", "commit the approval of APP's canary in a local clone"),
                        ("reject", "commit the return of APP to stable in a local clone (with "
@@ -187,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         handler = {"run": _run, "render": _render, "status": _status, "promote": _promote,
-                   "reject": _reject, "analyze": _analyze, "judge": _judge}[args.command]
+                   "reject": _reject, "analyze": _analyze, "judge": _judge,
+                   "replay": _replay}[args.command]
         return handler(args)
     except CanaryError as error:
         print(f"gitops-canary {args.command}: {error}", file=sys.stderr)
@@ -329,7 +343,7 @@ def _prometheus(args: argparse.Namespace) -> Prometheus | None:
 def _analyze(args: argparse.Namespace) -> int:
     from controller.analysis import analyze
     from controller.apps import AppReader
-    from controller.domain.judge import summary, to_json
+    from controller.domain.sequential import describe, summary, to_json
     from controller.edges.git import GitRepo
 
     prom = _prometheus(args)
@@ -340,14 +354,43 @@ def _analyze(args: argparse.Namespace) -> int:
     reader = AppReader(repo)
     desired = reader.desired(head, reader.find(head, args.app))
     workloads = [(m.kind, m.name) for m in desired.manifests if m.kind in WORKLOAD_KINDS]
-    judgement = analyze(prom, desired.policy, workloads, time.time())
+    now = time.time()
+    assessment = analyze(prom, desired.policy, workloads, now - args.window, now)
     if args.output == "text":
-        print(summary(judgement))
-        for m in judgement.metrics:
-            print(f"  {m.name}: {m.result} baseline={m.baseline} canary={m.canary} "
-                  f"p={m.p_value} effect={m.effect}")
+        print(summary(assessment))
+        for m in assessment.metrics:
+            print(f"  {m.name}: {m.result}: {describe(m)}")
     else:
-        _emit(to_json(judgement), args.output)
+        _emit(to_json(assessment), args.output)
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """A document or an array of them; the output follows the input's shape."""
+    from controller.domain.replay import parse, replay
+
+    source = "stdin" if args.input == "-" else args.input
+    try:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        data = json.loads(text)
+    except (OSError, ValueError) as error:
+        print(f"gitops-canary replay: {source}: {error}", file=sys.stderr)
+        return 2
+    many = isinstance(data, list)
+    try:
+        recorded = [parse(item, f"{source}[{i}]" if many else source)
+                    for i, item in enumerate(data if many else [data])]
+    except CanaryError as error:
+        print(f"gitops-canary replay: {error}", file=sys.stderr)
+        return 2
+    results = [replay(r) for r in recorded]
+    if args.output == "text":
+        for result in results:
+            at = result["decided_at"]
+            print(f"{result['verdict']} after {result['looks']} look(s)"
+                  f"{'' if at is None else f' at {at}s'}: {result['summary']}")
+    else:
+        _emit(results if many else results[0], args.output)
     return 0
 
 
@@ -406,8 +449,23 @@ def _status(args: argparse.Namespace) -> int:
     from controller.edges.kube import Kube, connect
 
     kube = Kube(connect(args.kubeconfig), state_namespace=args.state_namespace)
+    records = kube.records(quarantine=False)
+    if args.app and args.app not in records:
+        raise CanaryError(f"no app {args.app!r} in {args.state_namespace} (known: "
+                          f"{', '.join(sorted(records)) or 'none'})")
+    if args.series:
+        if not args.app:
+            raise CanaryError("--series needs an APP")
+        evidence = records[args.app].evidence
+        if not evidence:
+            raise CanaryError(f"{args.app}: no analysis recorded (the current or last canary "
+                              f"was not analysed)")
+        print(json.dumps(json.loads(evidence), indent=2))
+        return 0
     rows: list[dict[str, Any]] = []
-    for app, record in sorted(kube.records(quarantine=False).items()):
+    for app, record in sorted(records.items()):
+        if args.app and app != args.app:
+            continue
         status = record.last_status
         rows.append({
             "app": app,

@@ -61,8 +61,10 @@ class Metrics:
                              ["app", "verdict"], registry=r)
         self.value = Gauge("gitops_canary_metric_value", "Last analysed value of a metric",
                            ["app", "metric", "variant"], registry=r)
-        self.p_value = Gauge("gitops_canary_metric_p_value", "p-value of the last comparison",
-                             ["app", "metric"], registry=r)
+        self.e_value = Gauge("gitops_canary_metric_e_value",
+                             "Evidence that the canary is worse (e-value of the last look; the "
+                             "metric fails at 1/alpha, 100 by default)", ["app", "metric"],
+                             registry=r)
         self.webhooks = Counter("gitops_canary_webhooks", "Webhook requests by verdict",
                                 ["forge", "verdict"], registry=r)
         self.transitions = Counter("gitops_canary_transitions",
@@ -110,8 +112,8 @@ class Metrics:
             for variant in ("baseline", "canary"):
                 if metric.get(variant) is not None:
                     self.value.labels(app, metric["name"], variant).set(float(metric[variant]))
-            if metric.get("p_value") is not None:
-                self.p_value.labels(app, metric["name"]).set(float(metric["p_value"]))
+            if metric.get("e_value") is not None:
+                self.e_value.labels(app, metric["name"]).set(float(metric["e_value"]))
 
     def alive(self, interval: float) -> bool:
         """Alive while loop iterations keep finishing: a loop stuck (a hung fetch, say) is not,

@@ -29,12 +29,13 @@ def analysis_table(analysis: str | None) -> str:
     if not analysis:
         return "_No analysis: nothing to compare against, or no Prometheus configured._"
     judgement = json.loads(analysis)
-    rows = ["| metric | result | baseline | canary | p-value | effect |",
+    rows = ["| metric | result | baseline | canary | canary - baseline (95% CS) | e-value |",
             "| --- | --- | --- | --- | --- | --- |"]
     for m in judgement["metrics"]:
         rows.append(f"| {m['name']} | {m['result']} | {_num(m.get('baseline'))} | "
-                    f"{_num(m.get('canary'))} | {_num(m.get('p_value'))} | "
-                    f"{_num(m.get('effect'))} |")
+                    f"{_num(m.get('canary'))} | {_num(m.get('estimate'))} "
+                    f"[{_num(m.get('lower'))}, {_num(m.get('upper'))}] | "
+                    f"{_num(m.get('e_value'))} |")
     verdict = f"**Verdict: {judgement['verdict']}**, score {judgement['score']:g}"
     return verdict + "\n\n" + "\n".join(rows)
 

@@ -10,6 +10,7 @@ and retried on the next reconcile with nothing half-done.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller import failpoints
-from controller.analysis import analyze
+from controller.analysis import look, recording
 from controller.approvals import ForgeApprovers, Gate
 from controller.apps import AppReader, Desired
 from controller.domain.inventory import Plan, owned, plan
@@ -41,6 +42,7 @@ from controller.domain.render import (
     render,
     variant_replicas,
 )
+from controller.domain.replay import resume, to_document
 from controller.domain.types import (
     ANNOTATION_FINGERPRINT,
     ANNOTATION_PREVIOUS_FINGERPRINT,
@@ -316,9 +318,14 @@ class Reconciler:
             deadline=policy.analysis.deadline,
         )
         if self.prometheus is not None and analysis_due(record, policy.analysis, now):
-            judgement = analyze(self.prometheus, policy, [(m.kind, m.name) for m in workloads],
-                                now, since=record.ready_at)
-            observation = dataclasses.replace(observation, analysis=judgement)
+            recorded = resume(record.evidence, recording(policy, policy.app, desired.revision))
+            since = record.last_analysis or record.ready_at or now
+            steps = look(self.prometheus, policy, [(m.kind, m.name) for m in workloads],
+                         since, now)
+            recorded = recorded.add(steps).bounded()
+            observation = dataclasses.replace(
+                observation, analysis=recorded.assess(),
+                evidence=json.dumps(to_document(recorded), sort_keys=True))
         return observation, rendered, variants
 
     def _variants(self, record: Record, policy: Policy) -> list[KubeObject]:

@@ -28,8 +28,8 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.domain.judge import Judgement, Verdict, summary, to_json
 from controller.domain.policy import Analysis
+from controller.domain.sequential import Assessment, Verdict, summary, to_json
 from controller.domain.types import AppName, Fingerprint, Phase, Sha, StatusState
 
 NO_FINGERPRINT = Fingerprint("")
@@ -74,7 +74,8 @@ class Record:
     stable_revision: Sha | None = None
     ready_at: float | None = None  # when the variants became ready: the warm-up starts
     last_analysis: float | None = None
-    analysis: str | None = None  # the last judgement, as JSON (shown by status and metrics)
+    analysis: str | None = None  # the last assessment, as JSON (shown by status and metrics)
+    evidence: str | None = None  # every look's increments, as `gitops-canary replay` input
     observed_tree: str | None = None  # the app folder's git tree last reconciled
     error: str | None = None
     last_status: StatusNote | None = None
@@ -107,7 +108,8 @@ class Observation:
     variants_fingerprint: str | None = None
     variants_ready: bool = False
     variant_replicas: int = 0
-    analysis: Judgement | None = None  # a judgement made just now (when analysis_due said so)
+    analysis: Assessment | None = None  # made just now (when analysis_due said so)
+    evidence: str | None = None  # the evidence it was made on (replay input, JSON)
     analysis_enabled: bool = True  # False when the controller has no Prometheus to ask
     propose_on_failure: bool = False  # open a promote request for a failed canary too
     approval_refused: str | None = None  # the approval is not by an approver / not signed
@@ -299,7 +301,7 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
             dataclasses.replace(record, phase=Phase.PROGRESSING, canary_revision=obs.revision,
                                 canary_fingerprint=obs.fingerprint, canary_started=started,
                                 first_deployment=first, ready_at=None, last_analysis=None,
-                                analysis=None),
+                                analysis=None, evidence=None),
             (Action.APPLY_VARIANTS, *((Action.WITHDRAW_PROMOTION,) if replaced else ())),
             tuple(statuses))
 
@@ -322,7 +324,7 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
                                         "configured): compare them, then promote or revert"),))
         return Decision(
             dataclasses.replace(record, phase=Phase.ANALYZING, ready_at=now, last_analysis=None,
-                                analysis=None), actions,
+                                analysis=None, evidence=None), actions,
             (StatusNote(obs.revision, StatusState.PENDING,
                         f"canary ready: analysis starts after a {obs.warmup:g}s warm-up"),))
     if record.phase is Phase.ANALYZING and obs.analysis is not None:
@@ -344,36 +346,35 @@ def _awaiting(revision: Sha, why: str) -> StatusNote:
                       f"awaiting promotion: {why}; approve with promote: {revision}")
 
 
-def _judged(record: Record, obs: Observation, judgement: Judgement, now: float,
+def _judged(record: Record, obs: Observation, assessment: Assessment, now: float,
             actions: tuple[Action, ...]) -> Decision:
-    text = summary(judgement)
-    record = dataclasses.replace(record, last_analysis=now, analysis=_json(judgement))
     started = (record.ready_at or now) + obs.warmup
     overdue = now >= started + obs.deadline
+    text = summary(assessment, final=overdue)
+    record = dataclasses.replace(record, last_analysis=now, analysis=_json(assessment),
+                                 evidence=obs.evidence)
     auto_yes = (Action.COMMIT_APPROVAL,) if obs.judgment_auto else ()
     auto_no = (Action.COMMIT_REVERT,) if obs.judgment_auto else ()
-    if judgement.verdict is Verdict.PASS:
+    if assessment.verdict is Verdict.PASS:
         return Decision(dataclasses.replace(record, phase=Phase.AWAITING),
                         (*actions, Action.PROPOSE_PROMOTION, *auto_yes),
                         (StatusNote(obs.revision, StatusState.SUCCESS,
                                     f"{text}; awaiting promotion"),))
     propose = (Action.PROPOSE_PROMOTION,) if obs.propose_on_failure else ()
-    if judgement.verdict is Verdict.FAIL:
+    if assessment.verdict in (Verdict.FAIL, Verdict.MARGINAL):
         return Decision(dataclasses.replace(record, phase=Phase.FAILED),
                         (*actions, *propose, *auto_no),
                         (StatusNote(obs.revision, StatusState.FAILURE, text),))
-    if overdue:
-        state = (StatusState.FAILURE if judgement.verdict is Verdict.MARGINAL
-                 else StatusState.ERROR)
+    if overdue:  # no decision by the deadline: inconclusive, never a pass
         return Decision(dataclasses.replace(record, phase=Phase.FAILED),
                         (*actions, *propose, *auto_no),
-                        (StatusNote(obs.revision, state, f"{text} at the deadline"),))
+                        (StatusNote(obs.revision, StatusState.ERROR, text),))
     return Decision(record, actions,
                     (StatusNote(obs.revision, StatusState.PENDING, f"{text}; analysing"),))
 
 
-def _json(judgement: Judgement) -> str:
-    return json.dumps(to_json(judgement), sort_keys=True)
+def _json(assessment: Assessment) -> str:
+    return json.dumps(to_json(assessment), sort_keys=True)
 
 
 def outbox(notes: tuple[StatusNote, ...]) -> tuple[StatusNote, ...]:

@@ -23,33 +23,44 @@ TEMPLATE_VARIABLES = frozenset({"app", "namespace", "variant", "pod_regex", "win
 
 DEFAULT_MANIFESTS = ("*.yml", "*.yaml")
 
+
+
+def counted(series: str) -> str:
+    """PromQL for what a counter added over the look's {{ window }}, exactly: each series'
+    rise (a reset counts as none), plus the whole value of series that began within the
+    window. Unlike increase(), nothing is extrapolated to the window's edges, so the looks'
+    counts add up to the requests served, and series of pods gone before the window (an
+    earlier canary's) never count."""
+    before = f"{series} offset {{{{ window }}}}"
+    return (f"(sum(clamp_min({series} - {before}, 0)) or vector(0)) + "
+            f"(sum({series} unless {before}) or vector(0))")
+
+
 # The seed guide's success rate: good responses over all responses, per variant.
 _SEED_SELECTOR = 'namespace="{{ namespace }}", pod=~"{{ pod_regex }}"'
-_WINDOW = "[{{ window }}]"
-DEFAULT_GOOD = (
-    f'sum(increase(requests_total{{{_SEED_SELECTOR}, custom_status="good"}}{_WINDOW}))'
-)
-DEFAULT_TOTAL = f"sum(increase(requests_total{{{_SEED_SELECTOR}}}{_WINDOW}))"
+DEFAULT_GOOD = counted(f'requests_total{{{_SEED_SELECTOR}, custom_status="good"}}')
+DEFAULT_TOTAL = counted(f"requests_total{{{_SEED_SELECTOR}}}")
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    kind: str  # "ratio" (good/total counts) or "samples" (a series of values)
+    kind: str  # "ratio" (good/total counts), "histogram" (bucket counts) or "samples" (values)
     direction: str  # the way the metric is better: "higher", "lower" or "either"
-    query: str = ""  # samples: a PromQL range query
-    good: str = ""  # ratio: PromQL for the good count over the window
-    total: str = ""  # ratio: PromQL for the total count over the window
+    query: str = ""  # samples: one value per variant; histogram: counts `by (le)`
+    good: str = ""  # ratio: PromQL for the good count over {{ window }}
+    total: str = ""  # ratio: PromQL for the total count over {{ window }}
     critical: bool = False
     weight: float = 1.0
-    tolerance: float = 0.0
+    tolerance: float | None = None  # None: the kind's default (sequential.DEFAULT_TOLERANCE)
+    objective: float | None = None  # histogram: seconds; faster requests are good
 
 
 @dataclass(frozen=True)
 class Analysis:
     warmup: int = 60
     interval: int = 30
-    window: int = 120
+    window: int = 120  # read for older files, unused: a look covers the time since the last
     deadline: int = 1800
     pass_score: float = 95.0
     marginal_score: float = 75.0
@@ -172,28 +183,41 @@ def _metric(file: str, data: Any, path: str) -> Metric:
     name = fields.take("name", str)
     if not name:
         raise fields.fail("name", "is required")
-    kind = fields.choice("kind", ("ratio", "samples"), "ratio")
-    direction = fields.choice("direction", ("higher", "lower", "either"), "higher")
+    kind = fields.choice("kind", ("ratio", "histogram", "samples"), "ratio")
+    direction = fields.choice("direction", ("higher", "lower", "either"),
+                              "lower" if kind == "histogram" else "higher")
+    if kind == "histogram" and direction != "lower":
+        raise fields.fail("direction", "a histogram measures latency: lower is better")
     query, good, total = fields.take("query", str, ""), fields.take("good", str, ""), \
         fields.take("total", str, "")
     if kind == "ratio" and not (good and total):
         raise fields.fail("good" if not good else "total", "a ratio metric needs both good and "
                                                           "total queries")
-    if kind == "samples" and not query:
-        raise fields.fail("query", "a samples metric needs a query")
+    if kind in ("samples", "histogram") and not query:
+        raise fields.fail("query", f"a {kind} metric needs a query")
+    if kind != "ratio" and (good or total):
+        raise fields.fail("good" if good else "total", "only a ratio metric has good and total "
+                                                       "queries")
+    objective = fields.take("objective", (int, float), None)
+    if kind == "histogram" and (objective is None or not 0 < objective < float("inf")):
+        raise fields.fail("objective", "a histogram metric needs its latency objective in "
+                                       "seconds: one of the histogram's bucket bounds, e.g. 0.25")
+    if kind != "histogram" and objective is not None:
+        raise fields.fail("objective", "only a histogram metric has an objective")
     for key, template in (("query", query), ("good", good), ("total", total)):
         check_template(file, f"{path}.{key}", template)
     weight = float(fields.take("weight", (int, float), 1.0))
-    tolerance = float(fields.take("tolerance", (int, float), 0.0))
+    tolerance = fields.take("tolerance", (int, float), None)
     if weight <= 0:
         raise fields.fail("weight", "must be positive")
-    if tolerance < 0:
+    if tolerance is not None and tolerance < 0:
         raise fields.fail("tolerance", "must not be negative")
     metric = Metric(name=name, kind=kind, direction=direction, query=query, good=good,
                     total=total, critical=fields.take("critical", bool, False), weight=weight,
-                    tolerance=tolerance)
+                    tolerance=None if tolerance is None else float(tolerance),
+                    objective=None if objective is None else float(objective))
     fields.done(("name", "kind", "direction", "query", "good", "total", "critical", "weight",
-                 "tolerance"))
+                 "tolerance", "objective"))
     return metric
 
 

@@ -76,6 +76,21 @@ class Prometheus:
             value = float(result[0]["value"][1])
         return None if math.isnan(value) or math.isinf(value) else value
 
+    def vector(self, query: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        """Every series of an instant query: (labels, value), finite values only."""
+        params = {"query": query}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        data = self._get("/api/v1/query", params)
+        if data.get("resultType") != "vector":
+            raise ApiError(f"Prometheus: {query!r} is not a vector (by le) query")
+        found = []
+        for series in data.get("result") or []:
+            value = float(series["value"][1])
+            if math.isfinite(value):
+                found.append((dict(series.get("metric") or {}), value))
+        return found
+
     def series(self, query: str, start: float, end: float, step: float) -> list[float]:
         """All finite values of a range query, across its series, in time order."""
         data = self._get("/api/v1/query_range", {

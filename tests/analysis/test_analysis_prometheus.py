@@ -3,25 +3,30 @@
 As in the seed guide: one set of pods with SUCCESS_RATE=10 as baseline, one with 20 as canary,
 fortio sending requests to each (bounded), Prometheus scraping them every second with the
 `pod` and `namespace` labels the seed's queries use. The canary with the higher success rate
-passes; reversed, it fails.
+passes; reversed, it fails. Evidence accumulates: two looks, each over its own burst, add up
+(also after the record is written and read back, as a restarted controller does), and a slow
+canary fails on the latency histogram.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from controller.analysis import analyze
-from controller.domain.judge import Result, Verdict
-from controller.domain.policy import Analysis, Policy
+from controller.analysis import analyze, look, recording
+from controller.domain.policy import Analysis, Metric, Policy
+from controller.domain.replay import resume, to_document
+from controller.domain.sequential import Counts, Result, Verdict
 from controller.edges.prometheus import Prometheus
 from localcluster import cluster as localcluster
 from localcluster.processes import free_port
@@ -34,9 +39,9 @@ NAMESPACE = "demo"
 REQUESTS = 1500
 
 
-def start_app(ip: str, rate: int, log: Path) -> subprocess.Popen[bytes]:
+def start_app(ip: str, rate: int, log: Path, latency_ms: int = 0) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HOST": ip, "PORT": "8080", "METRICS_PORT": "8000",
-           "SUCCESS_RATE": str(rate), "PYTHONUNBUFFERED": "1"}
+           "SUCCESS_RATE": str(rate), "LATENCY_MS": str(latency_ms), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, str(REPO / "sampleapp" / "app.py")],
                                    env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -57,11 +62,11 @@ def fortio() -> str:
     return str(localcluster.build_binaries() / "fortio")
 
 
-def load(fortio: str, ips: list[str]) -> None:
+def load(fortio: str, ips: list[str], requests: int = 0) -> None:
     """A bounded burst of requests to each app, as the seed's fortio load does."""
     # -keepalive=false: with werkzeug's server fortio finishes its calls, then hangs on exit.
     runs = [subprocess.Popen([fortio, "load", "-quiet", "-allow-initial-errors", "-keepalive=false",
-                              "-c", "4", "-qps", "0", "-n", str(REQUESTS), f"http://{ip}:8080/"],
+                              "-c", "4", "-qps", "0", "-n", str(requests or REQUESTS), f"http://{ip}:8080/"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for ip in ips]
     try:
@@ -85,18 +90,35 @@ def scraped(prom: Prometheus, pod: str, at_least: float) -> bool:
     return value is not None and value >= at_least
 
 
+@dataclass
+class Variants:
+    prom: Prometheus
+    started: float
+    load: Callable[[int], None]  # a bounded burst of requests to both, scraped when it returns
+
+
 @pytest.fixture
 def variants(prometheus: PrometheusServer, fortio: str, tmp_path: Path,
-             request: pytest.FixtureRequest) -> Iterator[tuple[Prometheus, float]]:
-    """baseline pod on 127.20.0.1, canary pod on 127.20.0.2, rates from the test's param."""
-    baseline_rate, canary_rate = request.param
+             request: pytest.FixtureRequest) -> Iterator[Variants]:
+    """baseline pod on 127.20.0.1, canary pod on 127.20.0.2; (rate, rate[, canary latency ms])
+    from the test's param. Nothing is loaded yet."""
+    baseline_rate, canary_rate, *slow = request.param
     ips = {"baseline": "127.20.0.1", "canary": "127.20.0.2"}
     # New pods, new names: series of an earlier test must not mix into this one's window.
     suffix = uuid.uuid4().hex[:5]
     pods = {v: f"sampleapp-{v}-5d8f7-{suffix}" for v in ("baseline", "canary")}
     processes = [start_app(ips["baseline"], baseline_rate, tmp_path / "baseline.log"),
-                 start_app(ips["canary"], canary_rate, tmp_path / "canary.log")]
+                 start_app(ips["canary"], canary_rate, tmp_path / "canary.log", *slow)]
     client = Prometheus(prometheus.url)
+    served = 0
+
+    def burst(requests: int) -> None:
+        nonlocal served
+        load(fortio, list(ips.values()), requests)
+        served += requests
+        wait_until(lambda: all(scraped(client, pods[v], served) for v in pods), "the load")
+        time.sleep(1.5)  # one more scrape, so that increase() ends on the last value
+
     started = time.time()
     try:
         prometheus.write_targets("sampleapp", [
@@ -104,9 +126,7 @@ def variants(prometheus: PrometheusServer, fortio: str, tmp_path: Path,
             for v in ("baseline", "canary")])
         # The counters must be seen at 0 before the load: increase() needs the rise.
         wait_until(lambda: all(scraped(client, pods[v], 0) for v in pods), "first scrape")
-        load(fortio, list(ips.values()))
-        wait_until(lambda: all(scraped(client, pods[v], REQUESTS) for v in pods), "the load")
-        yield client, started
+        yield Variants(client, started, burst)
     finally:
         prometheus.write_targets("sampleapp", [])
         client.close()
@@ -115,34 +135,97 @@ def variants(prometheus: PrometheusServer, fortio: str, tmp_path: Path,
             process.wait(timeout=10)
 
 
-POLICY = Policy(app="sampleapp", namespace=NAMESPACE, analysis=Analysis(window=120))
+POLICY = Policy(app="sampleapp", namespace=NAMESPACE)
 WORKLOADS = [("Deployment", "sampleapp")]
+LATENCY = Metric(
+    name="latency", kind="histogram", direction="lower", critical=True, objective=0.25,
+    query='sum by (le) (increase(request_duration_seconds_bucket{namespace="{{ namespace }}", '
+          'pod=~"{{ pod_regex }}"}[{{ window }}]))')
+WITH_LATENCY = Policy(app="sampleapp", namespace=NAMESPACE, analysis=Analysis(
+    metrics=(*Analysis().metrics, LATENCY)))
 
 
 @pytest.mark.parametrize("variants", [(10, 20)], indirect=True)
-def test_a_canary_with_the_better_success_rate_passes(
-        variants: tuple[Prometheus, float]) -> None:
-    judgement = analyze(variants[0], POLICY, WORKLOADS, time.time(), since=variants[1])
-    (metric,) = judgement.metrics
-    assert judgement.verdict is Verdict.PASS, judgement
-    assert metric.result is Result.HIGH
+def test_a_canary_with_the_better_success_rate_passes(variants: Variants) -> None:
+    variants.load(REQUESTS)
+    assessment = analyze(variants.prom, POLICY, WORKLOADS, variants.started, time.time())
+    (metric,) = assessment.metrics
+    assert assessment.verdict is Verdict.PASS, assessment
+    assert metric.result is Result.PASS
     assert metric.baseline is not None
     assert metric.canary is not None
     assert 0.05 < metric.baseline < 0.15
     assert 0.15 < metric.canary < 0.25
-    assert metric.p_value is not None
-    assert metric.p_value < 0.001
+    # Counted exactly (the default queries never extrapolate as increase() does).
+    assert (metric.n_baseline, metric.n_canary) == (REQUESTS, REQUESTS)
+    assert metric.lower is not None
+    assert metric.lower > -metric.tolerance
 
 
 @pytest.mark.parametrize("variants", [(20, 10)], indirect=True)
-def test_reversed_the_canary_fails(variants: tuple[Prometheus, float]) -> None:
-    judgement = analyze(variants[0], POLICY, WORKLOADS, time.time(), since=variants[1])
-    assert judgement.verdict is Verdict.FAIL, judgement
-    assert judgement.metrics[0].result is Result.LOW
+def test_reversed_the_canary_fails(variants: Variants) -> None:
+    variants.load(REQUESTS)
+    assessment = analyze(variants.prom, POLICY, WORKLOADS, variants.started, time.time())
+    assert assessment.verdict is Verdict.FAIL, assessment
+    (metric,) = assessment.metrics
+    assert metric.result is Result.LOW
+    assert metric.e_value is not None
+    assert metric.e_value >= metric.threshold
+
+
+@pytest.mark.parametrize("variants", [(10, 12)], indirect=True)
+def test_evidence_accumulates_across_looks_and_survives_the_record(variants: Variants) -> None:
+    """Two looks, each over its own burst: the second judges both bursts together, from the
+    evidence a record kept (JSON, read back as a restarted controller reads it)."""
+    first_at = time.time()
+    variants.load(400)
+    recorded = recording(POLICY).add(
+        look(variants.prom, POLICY, WORKLOADS, variants.started, time.time()))
+    first = recorded.assess().metrics[0]
+    kept = json.dumps(to_document(recorded))  # the record, as stored in the cluster
+
+    looked_at = time.time()
+    variants.load(400)
+    restarted = resume(kept, recording(POLICY))  # a new controller, the same record
+    assert restarted.series == recorded.series
+    recorded = restarted.add(look(variants.prom, POLICY, WORKLOADS, looked_at, time.time()))
+    second = recorded.assess().metrics[0]
+    steps = recorded.series[0]
+    assert len(steps) == 2
+    # Each look counted its own burst, and the evidence is their sum.
+    for step in steps:
+        for side in (step.baseline, step.canary):
+            assert isinstance(side, Counts), steps
+            assert side.total == 400, steps
+    assert (second.n_baseline, second.n_canary) == (800, 800)
+    assert first.lower is not None
+    assert second.lower is not None
+    assert second.upper is not None
+    assert first.upper is not None
+    assert second.upper - second.lower < first.upper - first.lower  # narrower with more data
+    assert first_at < looked_at
+
+
+@pytest.mark.parametrize("variants", [(20, 20, 300)], indirect=True)
+def test_a_slow_canary_fails_on_the_latency_histogram(variants: Variants) -> None:
+    variants.load(200)
+    assessment = analyze(variants.prom, WITH_LATENCY, WORKLOADS, variants.started, time.time())
+    success, latency = assessment.metrics
+    assert assessment.verdict is Verdict.FAIL, assessment
+    assert latency.result is Result.LOW  # the share within 250 ms
+    assert latency.canary == 0.0
+    assert latency.baseline is not None
+    assert latency.baseline > 0.9
+    assert latency.quantiles is not None
+    baseline_p99, canary_p99 = latency.quantiles
+    assert baseline_p99 is not None
+    assert canary_p99 is not None
+    assert canary_p99 > 0.25
+    assert success.result is not Result.LOW
 
 
 def test_unreachable_prometheus_is_inconclusive_never_a_pass() -> None:
     nobody = Prometheus(f"http://127.0.0.1:{free_port()}", timeout=1)
-    judgement = analyze(nobody, POLICY, WORKLOADS, time.time())
-    assert judgement.verdict is Verdict.INCONCLUSIVE
-    assert [m.result for m in judgement.metrics] == [Result.NODATA]
+    assessment = analyze(nobody, POLICY, WORKLOADS, time.time() - 60, time.time())
+    assert assessment.verdict is Verdict.INCONCLUSIVE
+    assert [m.result for m in assessment.metrics] == [Result.NODATA]

@@ -25,10 +25,10 @@ import yaml
 from kubernetes import client
 
 from controller.analysis import analyze
-from controller.domain.judge import Result as MetricResult
-from controller.domain.judge import Verdict
 from controller.domain.machine import Record
-from controller.domain.policy import Analysis, Policy
+from controller.domain.policy import Policy
+from controller.domain.sequential import Result as MetricResult
+from controller.domain.sequential import Verdict
 from controller.domain.types import AppName
 from controller.edges.kube import (
     MANAGED_BY,
@@ -214,7 +214,7 @@ def test_every_verb_gives_up_on_a_server_that_stops_answering(
     assert len(stalling.stalled) == 1, stalling.stalled  # asked once, not retried
 
 
-POLICY = Policy(app="sampleapp", namespace="demo", analysis=Analysis(window=120))
+POLICY = Policy(app="sampleapp", namespace="demo")
 
 
 def test_a_silent_prometheus_is_no_data_within_the_timeout(silent: Silent) -> None:
@@ -226,7 +226,8 @@ def test_a_silent_prometheus_is_no_data_within_the_timeout(silent: Silent) -> No
 
         judged: list[Any] = []
         error, elapsed = gives_up(lambda: judged.append(
-            analyze(prometheus, POLICY, [("Deployment", "sampleapp")], time.time())))
+            analyze(prometheus, POLICY, [("Deployment", "sampleapp")], time.time() - 60,
+                    time.time())))
     finally:
         prometheus.close()
     assert error is None, error

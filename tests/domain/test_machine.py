@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from controller.domain.judge import Counts, Judgement, MetricInput, judge
 from controller.domain.machine import (
     Action,
     Observation,
@@ -17,6 +16,7 @@ from controller.domain.machine import (
     outbox,
 )
 from controller.domain.policy import Analysis
+from controller.domain.sequential import Assessment, Counts, Spec, Step, assess
 from controller.domain.types import AppName, Fingerprint, Phase, Sha, StatusState
 
 APP = AppName("sampleapp")
@@ -37,11 +37,11 @@ def states(decision: object) -> list[tuple[str, str, str]]:
             for n in decision.statuses]
 
 
-def judged(baseline_good: int | None, canary_good: int | None) -> Judgement:
+def judged(baseline_good: int | None, canary_good: int | None) -> Assessment:
     def counts(good: int | None) -> Counts | None:
         return None if good is None else Counts(good, 1000)
-    return judge([MetricInput("success-rate", "ratio", "higher", counts(baseline_good),
-                              counts(canary_good), critical=True)])
+    return assess([Spec("success-rate", critical=True)],
+                  [[Step(counts(baseline_good), counts(canary_good))]])
 
 
 CANARY = Record(APP, Phase.PROGRESSING, canary_revision=R2, canary_fingerprint=NEW,
@@ -82,26 +82,26 @@ ANALYZING = dataclasses.replace(CANARY, phase=Phase.ANALYZING, ready_at=NOW - 10
      ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
                     analysis=judged(100, 200)),
      Phase.AWAITING, [Action.PROPOSE_PROMOTION],
-     [("2", "success", "canary 20.0% good vs baseline 10.0% (p<0.001)")]),
+     [("2", "success", "canary 20.0% vs 10.0% good (1,000/1,000 req)")]),
     ("analysis fails, promote requests on failure configured: one is proposed",
      ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
                     analysis=judged(200, 100), propose_on_failure=True),
      Phase.FAILED, [Action.PROPOSE_PROMOTION],
-     [("2", "failure", "canary 10.0% good vs baseline 20.0% (p<0.001)")]),
+     [("2", "failure", "canary 10.0% vs 20.0% good (1,000/1,000 req)")]),
     ("analysis fails: failure, the canary stays until git says",
      ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
                     analysis=judged(200, 100)),
-     Phase.FAILED, [], [("2", "failure", "canary 10.0% good vs baseline 20.0% (p<0.001)")]),
+     Phase.FAILED, [], [("2", "failure", "canary 10.0% vs 20.0% good (1,000/1,000 req)")]),
     ("judgment auto, pass: the controller commits the approval",
      ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
                     analysis=judged(100, 200), judgment_auto=True),
      Phase.AWAITING, [Action.PROPOSE_PROMOTION, Action.COMMIT_APPROVAL],
-     [("2", "success", "canary 20.0% good vs baseline 10.0% (p<0.001)")]),
+     [("2", "success", "canary 20.0% vs 10.0% good (1,000/1,000 req)")]),
     ("judgment auto, fail: the controller commits the revert",
      ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
                     analysis=judged(200, 100), judgment_auto=True),
      Phase.FAILED, [Action.COMMIT_REVERT],
-     [("2", "failure", "canary 10.0% good vs baseline 20.0% (p<0.001)")]),
+     [("2", "failure", "canary 10.0% vs 20.0% good (1,000/1,000 req)")]),
     ("judgment auto, still awaiting (the push lost a race): commit the approval again",
      dataclasses.replace(AWAITING, analysis="{}"),
      obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
@@ -110,11 +110,11 @@ ANALYZING = dataclasses.replace(CANARY, phase=Phase.ANALYZING, ready_at=NOW - 10
     ("no data before the deadline: keep analysing",
      ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
                     analysis=judged(None, None), warmup=60, deadline=600),
-     Phase.ANALYZING, [], [("2", "pending", "not enough data")]),
+     Phase.ANALYZING, [], [("2", "pending", "no data")]),
     ("no data at the deadline: an error status",
      ANALYZING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True,
                     analysis=judged(None, None), warmup=60, deadline=30),
-     Phase.FAILED, [], [("2", "error", "not enough data")]),
+     Phase.FAILED, [], [("2", "error", "no data")]),
     ("awaiting and nothing new: quiet",
      AWAITING, obs(variants_present=True, variants_fingerprint=NEW, variants_ready=True),
      Phase.AWAITING, [], []),
@@ -228,7 +228,7 @@ def test_the_analysis_is_due_after_the_warm_up_then_every_interval() -> None:
     assert not analysis_due(ready, timing, NOW + 59)
     assert analysis_due(ready, timing, NOW + 60)
     analysed = advance(ready, obs(variants_present=True, variants_fingerprint=NEW,
-                                  variants_ready=True, analysis=judged(100, 100)),
+                                  variants_ready=True, analysis=judged(100, 200)),
                        NOW + 60).record
     assert analysed.last_analysis == NOW + 60
     assert analysed.analysis is not None

@@ -691,7 +691,7 @@ def test_every_dashboard_query_runs_and_shows_a_canary_on_a_real_prometheus(
         eventually(lambda: instant(own_prometheus, f'gitops_canary_app_phase{{app="{app}"}}'),
                    "the controller's first scrape")
         judgement = {"score": 100.0, "verdict": "pass", "metrics": [
-            {"name": "success-rate", "baseline": 0.9, "canary": 0.91, "p_value": 0.4}]}
+            {"name": "success-rate", "baseline": 0.9, "canary": 0.91, "e_value": 0.4}]}
         analyzing = dataclasses.replace(
             stable, phase=Phase.ANALYZING, canary_revision=Sha("b" * 40),
             analysis=json.dumps(judgement),
