@@ -80,6 +80,18 @@ analysis:
      "analysis.metrics[0].query", "unknown template variable {{ pod }}"),
     ("analysis: {metrics: [{name: x, kind: samples, query: q, colour: red}]}",
      "analysis.metrics[0].colour", "unknown field"),
+    ("analysis: {metrics: [{name: l, kind: histogram, query: q}]}",
+     "analysis.metrics[0].objective", "needs its latency objective in seconds"),
+    ("analysis: {metrics: [{name: l, kind: histogram, query: q, objective: 0.25, "
+     "direction: higher}]}", "analysis.metrics[0].direction", "lower is better"),
+    ("analysis: {metrics: [{name: l, kind: histogram, objective: 0.25}]}",
+     "analysis.metrics[0].query", "a histogram metric needs a query"),
+    ("analysis: {metrics: [{name: x, kind: ratio, good: a, total: b, objective: 1}]}",
+     "analysis.metrics[0].objective", "only a histogram metric has an objective"),
+    ("analysis: {metrics: [{name: x, kind: samples, query: q, good: a}]}",
+     "analysis.metrics[0].good", "only a ratio metric has good and total"),
+    ("analysis: {metrics: [{name: x, kind: samples, query: q, tolerance: -1}]}",
+     "analysis.metrics[0].tolerance", "must not be negative"),
     ("- a list", "(top level)", "must be a mapping"),
 ])
 def test_invalid_policies_name_the_field(text: str, field: str, problem: str) -> None:
@@ -89,6 +101,18 @@ def test_invalid_policies_name_the_field(text: str, field: str, problem: str) ->
     assert error.value.field == field
     assert problem in error.value.problem
     assert str(error.value).startswith(f"{FILE}: {field}: ")
+
+
+def test_a_histogram_metric_and_the_default_tolerances() -> None:
+    policy = parse_policy(
+        "analysis:\n  metrics:\n"
+        "    - {name: latency, kind: histogram, query: 'sum by (le) (x[{{ window }}])', "
+        "objective: 0.25, critical: true}\n"
+        "    - {name: errors, good: a, total: b, tolerance: 0.01}\n", FILE, "sampleapp")
+    latency, errors = policy.analysis.metrics
+    assert (latency.kind, latency.direction, latency.objective, latency.tolerance) == (
+        "histogram", "lower", 0.25, None)  # None: the kind's default, 0.5 points
+    assert (errors.kind, errors.direction, errors.tolerance) == ("ratio", "higher", 0.01)
 
 
 def test_malformed_yaml_names_the_line() -> None:
