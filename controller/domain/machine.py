@@ -350,7 +350,9 @@ def _judged(record: Record, obs: Observation, assessment: Assessment, now: float
             actions: tuple[Action, ...]) -> Decision:
     started = (record.ready_at or now) + obs.warmup
     overdue = now >= started + obs.deadline
-    text = summary(assessment, final=overdue)
+    text = summary(assessment, final=overdue)  # as it stands; with what comes next:
+    awaiting, analysing = (summary(assessment, suffix=suffix)
+                           for suffix in ("; awaiting promotion", "; analysing"))
     record = dataclasses.replace(record, last_analysis=now, analysis=_json(assessment),
                                  evidence=obs.evidence)
     auto_yes = (Action.COMMIT_APPROVAL,) if obs.judgment_auto else ()
@@ -359,7 +361,7 @@ def _judged(record: Record, obs: Observation, assessment: Assessment, now: float
         return Decision(dataclasses.replace(record, phase=Phase.AWAITING),
                         (*actions, Action.PROPOSE_PROMOTION, *auto_yes),
                         (StatusNote(obs.revision, StatusState.SUCCESS,
-                                    f"{text}; awaiting promotion"),))
+                                    awaiting),))
     propose = (Action.PROPOSE_PROMOTION,) if obs.propose_on_failure else ()
     if assessment.verdict in (Verdict.FAIL, Verdict.MARGINAL):
         return Decision(dataclasses.replace(record, phase=Phase.FAILED),
@@ -370,7 +372,7 @@ def _judged(record: Record, obs: Observation, assessment: Assessment, now: float
                         (*actions, *propose, *auto_no),
                         (StatusNote(obs.revision, StatusState.ERROR, text),))
     return Decision(record, actions,
-                    (StatusNote(obs.revision, StatusState.PENDING, f"{text}; analysing"),))
+                    (StatusNote(obs.revision, StatusState.PENDING, analysing),))
 
 
 def _json(assessment: Assessment) -> str:

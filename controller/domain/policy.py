@@ -25,15 +25,15 @@ DEFAULT_MANIFESTS = ("*.yml", "*.yaml")
 
 
 
-def counted(series: str) -> str:
+def counted(series: str, by: str = "") -> str:
     """PromQL for what a counter added over the look's {{ window }}, exactly: each series'
-    rise (a reset counts as none), plus the whole value of series that began within the
+    rise (a reset counts as none), or its whole value for a series that began within the
     window. Unlike increase(), nothing is extrapolated to the window's edges, so the looks'
     counts add up to the requests served, and series of pods gone before the window (an
-    earlier canary's) never count."""
+    earlier canary's) never count. `by`: e.g. " by (le)" for histogram buckets."""
     before = f"{series} offset {{{{ window }}}}"
-    return (f"(sum(clamp_min({series} - {before}, 0)) or vector(0)) + "
-            f"(sum({series} unless {before}) or vector(0))")
+    head = f"sum{by} " if by else "sum"
+    return f"{head}(clamp_min({series} - {before}, 0) or ({series} unless {before}))"
 
 
 # The seed guide's success rate: good responses over all responses, per variant.

@@ -208,12 +208,13 @@ def evaluate(spec: Spec, steps: Sequence[Step], alpha_fail: float,
     sides = _samples(steps) if spec.kind == "samples" else _shares(spec, steps)
     quantiles = _quantiles(steps) if spec.kind == "histogram" and detail else None
     if sides is None:
-        partial = _partial(spec, steps)
-        return _replace(base, quantiles=quantiles, **partial)
+        value_b, value_c, n_b, n_c = _partial(spec, steps)
+        return dataclasses.replace(base, baseline=value_b, canary=value_c, n_baseline=n_b,
+                                   n_canary=n_c, quantiles=quantiles)
     estimate = sides.value_c - sides.value_b
-    tolerance = spec.allowed * (abs(sides.value_b) if spec.kind == "samples" else 1.0)
-    scale = tolerance or DEFAULT_TOLERANCE[spec.kind] * (
-        abs(sides.value_b) or 1.0 if spec.kind == "samples" else 1.0)
+    unit = (abs(sides.value_b) or 1.0) if spec.kind == "samples" else 1.0  # samples: relative
+    tolerance = spec.allowed * unit
+    scale = tolerance or DEFAULT_TOLERANCE[spec.kind] * unit  # the mixture's: never 0
     variance = sides.var_c / sides.n_c + sides.var_b / sides.n_b
     info = 1 / variance if variance > 0 else math.inf
     sign = _bad_sign(spec)  # +1: higher is worse, -1: lower is worse, 0: either way
@@ -234,10 +235,6 @@ def evaluate(spec: Spec, steps: Sequence[Step], alpha_fail: float,
         spec.name, spec.kind, result, spec.critical, spec.weight, sides.value_b, sides.value_c,
         sides.n_b, sides.n_c, estimate, lower, upper, e_worse, 1 / alpha_fail, tolerance,
         needed, quantiles)
-
-
-def _replace(evidence: Evidence, **changes: object) -> Evidence:
-    return dataclasses.replace(evidence, **changes)  # type: ignore[arg-type]
 
 
 def _bad_sign(spec: Spec) -> int:
@@ -303,17 +300,15 @@ def _samples(steps: Sequence[Step]) -> _Sides | None:
     return _Sides(mean_b, mean_c, max(var_b, floor), max(var_c, floor), len(base), len(can))
 
 
-def _partial(spec: Spec, steps: Sequence[Step]) -> dict[str, object]:
+def _partial(spec: Spec, steps: Sequence[Step]) -> tuple[float | None, float | None, int, int]:
     """What there is of too little data: the values and counts, for the status."""
     if spec.kind == "samples":
         base, can = _values(steps, "baseline"), _values(steps, "canary")
-        return {"baseline": sum(base) / len(base) if base else None,
-                "canary": sum(can) / len(can) if can else None,
-                "n_baseline": len(base), "n_canary": len(can)}
+        return (sum(base) / len(base) if base else None, sum(can) / len(can) if can else None,
+                len(base), len(can))
     good_b, total_b, good_c, total_c = _sums(spec, steps)
-    return {"baseline": good_b / total_b if total_b else None,
-            "canary": good_c / total_c if total_c else None,
-            "n_baseline": total_b, "n_canary": total_c}
+    return (good_b / total_b if total_b else None, good_c / total_c if total_c else None,
+            total_b, total_c)
 
 
 # --- the boundary -----------------------------------------------------------------------------
@@ -460,9 +455,10 @@ def to_json(a: Assessment) -> dict[str, object]:
 SUMMARY_LENGTH = 140  # a commit status description
 
 
-def summary(a: Assessment, final: bool = False) -> str:
+def summary(a: Assessment, final: bool = False, suffix: str = "") -> str:
     """One line with the evidence, failing metrics first, e.g. 'canary 97.9% vs 99.0% good
-    (4,210/4,188 req): worse, e=142 ≥ 100: fail'. `final`: the deadline has come."""
+    (4,210/4,188 req): worse, e=142 ≥ 100: fail'. `final`: the deadline has come. `suffix`
+    (what happens next) always fits: the evidence is shortened for it."""
     outcome = a.verdict.value
     if a.verdict is Verdict.INCONCLUSIVE and final:
         outcome = "inconclusive at the deadline"
@@ -473,10 +469,12 @@ def summary(a: Assessment, final: bool = False) -> str:
         line = f"{describe(a.metrics[0])}: {outcome}"
     else:
         order = sorted(a.metrics, key=lambda m: (not m.failed, m.result is Result.PASS))
-        line = f"{outcome}, score {round(a.score, 1):g}: " + "; ".join(
+        score = f", score {round(a.score, 1):g}" if 0 < a.score < 100 else ""  # weights mattered
+        line = f"{outcome}{score}: " + "; ".join(
             f"{m.name} {describe(m)}" if m.failed or m is order[0]
             else f"{m.name} {_word(m)}" for m in order)
-    return line if len(line) <= SUMMARY_LENGTH else line[:SUMMARY_LENGTH - 1] + "…"
+    room = SUMMARY_LENGTH - len(suffix)
+    return (line if len(line) <= room else line[:room - 1] + "…") + suffix
 
 
 def _word(m: Evidence) -> str:

@@ -90,15 +90,3 @@ class Prometheus:
             if math.isfinite(value):
                 found.append((dict(series.get("metric") or {}), value))
         return found
-
-    def series(self, query: str, start: float, end: float, step: float) -> list[float]:
-        """All finite values of a range query, across its series, in time order."""
-        data = self._get("/api/v1/query_range", {
-            "query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"})
-        values = []
-        for series in data.get("result") or []:
-            for _, value in series.get("values") or []:
-                number = float(value)
-                if math.isfinite(number):
-                    values.append(number)
-        return values

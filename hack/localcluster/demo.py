@@ -5,7 +5,8 @@
 
 It brings up the local cluster, Prometheus, the pod runner and load, makes a deploy repository
 from deploy-repo-example/, runs the controller, and plays the story with git: the first version
-promoted to stable; a better one analysed, passing, promoted; a worse one failing, reverted.
+promoted to stable; a better one analysed, passing, promoted; a worse one failing, reverted;
+a slower one (same success rate, 300 ms per request) failing on latency, reverted.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from localcluster.story import (
     Story,
     better_version,
     first_version,
+    slower_version,
     worse_version,
 )
 
@@ -39,9 +41,11 @@ Where to look
   Prometheus        {story.prometheus.url}
     all sampleapp pods:     rate(requests_total{{pod=~"sampleapp-.*", custom_status="good"}}[1m])
     baseline and canary:    rate(requests_total{{pod=~"sampleapp-baseline-.*|sampleapp-canary-.*", custom_status="good"}}[1m])
+    p99 latency per pod:    histogram_quantile(0.99, sum by (pod, le) (rate(request_duration_seconds_bucket{{pod=~"sampleapp-.*"}}[1m])))
   controller        http://127.0.0.1:{story.metrics_port}/metrics   (log: {story.state}/logs/controller.log)
   statuses          cd {story.clone} && git fetch origin refs/notes/gitops-canary:refs/notes/gitops-canary && git log --notes=gitops-canary
   apps              KUBECONFIG={story.kubeconfig} {REPO}/.venv/bin/gitops-canary status --state-namespace {story.state_namespace}
+  evidence          KUBECONFIG={story.kubeconfig} {REPO}/.venv/bin/gitops-canary status sampleapp --series --state-namespace {story.state_namespace}
   kubectl           KUBECONFIG={story.kubeconfig} {STATE}/cluster/bin/kubectl -n {story.namespace} get deploy,pods -o wide""")  # noqa: E501
 
 
@@ -67,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         canary, promoted = first_version(story)
         judged, better = better_version(story)
         failed, rejected, _, _ = worse_version(story)
+        slow, reverted, _, _ = slower_version(story)
         say(f"\nThe story took {time.monotonic() - started:.0f}s. From push to status: "
             f"first canary {canary.seconds:.1f}s, promote {promoted.seconds:.1f}s, "
             f"analysis pass {judged.seconds:.1f}s, promote {better.seconds:.1f}s, "
-            f"analysis fail {failed.seconds:.1f}s, revert {rejected.seconds:.1f}s.")
+            f"analysis fail {failed.seconds:.1f}s, revert {rejected.seconds:.1f}s, "
+            f"latency fail {slow.seconds:.1f}s, revert {reverted.seconds:.1f}s.")
         say("\nThe statuses, as git shows them (git log --notes=gitops-canary):")
         say("\n".join(f"   {line}" for line in story.notes_log().splitlines() if line))
         say("\nThe app, as `gitops-canary status` shows it:")

@@ -8,8 +8,11 @@ and waits for what the controller must do, returning what it saw.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +32,8 @@ from localcluster.runner import Load, PodRunner
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy-repo-example"
 APP = "sampleapp"
+VARIANT_PODS = (("stable", f"{APP}-[a-z0-9]+-[a-z0-9]+"), ("baseline", f"{APP}-baseline-.*"),
+                ("canary", f"{APP}-canary-.*"))  # pod name patterns, for Prometheus
 T = TypeVar("T")
 
 
@@ -43,7 +48,6 @@ class Timing:
 
     warmup: str = "30s"
     interval: str = "10s"
-    window: str = "1m"
     deadline: str = "3m"
     poll: str = "5s"
     qps: float = 120.0
@@ -99,7 +103,7 @@ class Story:
                                 prometheus=self.prometheus)
         self.runner.start()
         self._make_repo()
-        self._start_controller()
+        self.start_controller()
 
     @property
     def state_namespace(self) -> str:
@@ -118,14 +122,18 @@ class Story:
         policy = yaml.safe_load((self.app_dir / "canary.yaml").read_text()) or {}
         policy["namespace"] = self.namespace
         policy["judgment"] = self.judgment
+        # The example's metrics (success rate and latency) as they are; only the timing is
+        # the story's. `window` is gone: a look covers the time since the previous one.
+        analysis = {k: v for k, v in (policy.get("analysis") or {}).items() if k != "window"}
         t = self.timing
-        policy["analysis"] = {"warmup": t.warmup, "interval": t.interval, "window": t.window,
-                              "deadline": t.deadline}
+        analysis.update(warmup=t.warmup, interval=t.interval, deadline=t.deadline)
+        policy["analysis"] = analysis
         (self.app_dir / "canary.yaml").write_text(
             "# Copied from deploy-repo-example/, with the demo's short analysis timing.\n"
             + yaml.safe_dump(policy, sort_keys=False))
 
-    def _start_controller(self) -> None:
+    def start_controller(self) -> None:
+        """The controller as a process of its own, logging to logs/controller.log."""
         assert self.prometheus is not None
         assert self.kubeconfig is not None
         self.metrics_port = free_port()
@@ -139,11 +147,24 @@ class Story:
             "--workdir", str(self.state / "controller-mirror"),
         ], env={"PYTHONPATH": str(REPO)})
 
+    def kill_controller(self, timeout: float = 30) -> None:
+        """SIGKILL, as a crash or an evicted pod would: nothing is saved on the way out, and
+        the Lease is not released (a new process waits it out)."""
+        supervisor = Supervisor(self.state)
+        pid = supervisor.pid("controller")
+        if pid is None:
+            raise RuntimeError("no controller to kill")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        self.wait(lambda: not supervisor.running("controller"), "the controller to die",
+                  timeout)
+
     def start_load(self) -> None:
         assert self.api is not None
         if self.load is None:
+            # 8 workers: a slow canary (LATENCY_MS) holds a worker per request it serves.
             self.load = Load(self.api, self.namespace, APP, 8080, qps=self.timing.qps,
-                             duration=3600)
+                             workers=8, duration=3600)
             self.load.start()
 
     def down(self) -> None:
@@ -163,16 +184,30 @@ class Story:
     # --- git ------------------------------------------------------------------------------
 
     def set_success_rate(self, rate: int, message: str) -> str:
+        return self.set_env("SUCCESS_RATE", str(rate), message)
+
+    def set_latency(self, milliseconds: int, message: str) -> str:
+        """LATENCY_MS: every GET / of the sample app sleeps this long before answering."""
+        return self.set_env("LATENCY_MS", str(milliseconds), message)
+
+    def set_env(self, name: str, value: str, message: str) -> str:
+        """Set the app container's env var `name` in the clone's deployment.yml (added after
+        SUCCESS_RATE when the manifest has none), commit and push."""
         path = self.app_dir / "deployment.yml"
-        text = path.read_text()
-        lines = text.splitlines(keepends=True)
+        lines = path.read_text().splitlines(keepends=True)
+        anchor = None
         for i, line in enumerate(lines):
-            if "name: SUCCESS_RATE" in line:
+            if line.strip() in (f"- name: {name}", "- name: SUCCESS_RATE"):
                 indent = line[: len(line) - len(line.lstrip())]
-                lines[i + 1] = f'{indent}  value: "{rate}"\n'
-                break
+                anchor = (i, indent)
+                if line.strip() == f"- name: {name}":
+                    lines[i + 1] = f'{indent}  value: "{value}"\n'
+                    break
         else:
-            raise RuntimeError(f"{path} sets no SUCCESS_RATE")
+            if anchor is None:
+                raise RuntimeError(f"{path} sets no SUCCESS_RATE to add {name} after")
+            i, indent = anchor
+            lines[i + 2:i + 2] = [f"{indent}- name: {name}\n", f'{indent}  value: "{value}"\n']
         path.write_text("".join(lines))
         return self.commit(message)
 
@@ -250,9 +285,7 @@ class Story:
         (short, so pods of the previous step do not blur the figure)."""
         assert self.prometheus is not None
         rates = {}
-        for variant, regex in (("stable", f"{APP}-[a-z0-9]+-[a-z0-9]+"),
-                               ("baseline", f"{APP}-baseline-.*"),
-                               ("canary", f"{APP}-canary-.*")):
+        for variant, regex in VARIANT_PODS:
             query = (f'sum(rate(requests_total{{pod=~"{regex}", custom_status="good"}}[20s])) / '
                      f'sum(rate(requests_total{{pod=~"{regex}"}}[20s]))')
             result = self.prometheus.query(query)
@@ -260,16 +293,38 @@ class Story:
                 rates[variant] = float(result[0]["value"][1])
         return rates
 
+    def p99s(self) -> dict[str, float]:
+        """Per variant, the 99th percentile of GET /'s duration over the last 20 seconds, in
+        seconds, from Prometheus (histogram_quantile over the app's buckets)."""
+        assert self.prometheus is not None
+        found = {}
+        for variant, regex in VARIANT_PODS:
+            query = (f"histogram_quantile(0.99, sum by (le) (rate(request_duration_seconds_bucket"
+                     f'{{pod=~"{regex}"}}[20s])))')
+            result = self.prometheus.query(query)
+            if result and result[0]["value"][1] not in ("NaN", "+Inf"):
+                found[variant] = float(result[0]["value"][1])
+        return found
+
 
 def replicas(found: dict[str, Any]) -> dict[str, int]:
     return {name: int(d.status.ready_replicas or 0) for name, d in found.items()}
 
 
-def rate_of(d: client.V1Deployment) -> str:
+def env_of(d: client.V1Deployment, name: str, default: str = "?") -> str:
     for env in d.spec.template.spec.containers[0].env or []:
-        if env.name == "SUCCESS_RATE":
+        if env.name == name:
             return str(env.value)
-    return "?"
+    return default
+
+
+def rate_of(d: client.V1Deployment) -> str:
+    return env_of(d, "SUCCESS_RATE")
+
+
+def latency_of(d: client.V1Deployment) -> str:
+    """LATENCY_MS in the spec; "0" when unset (the app's default)."""
+    return env_of(d, "LATENCY_MS", "0")
 
 
 def ready(found: dict[str, client.V1Deployment], wanted: dict[str, int]) -> bool:
@@ -285,6 +340,7 @@ class Step:
     status: str  # the commit status description the step waited for
     seconds: float  # from the push to that status
     measured: dict[str, float] = field(default_factory=dict)  # success rates from Prometheus
+    latencies: dict[str, str] = field(default_factory=dict)  # name -> LATENCY_MS in its spec
 
 
 def first_version(story: Story) -> tuple[Step, Step]:
@@ -377,6 +433,71 @@ def worse_version(story: Story) -> tuple[Step, Step, tuple[str, int], tuple[str,
     story.say(f"   baseline and canary deleted; stable untouched (same uid, generation "
               f"{stable_after[1]}), still SUCCESS_RATE {rejected.rates[APP]}; status: {status}")
     return judged, rejected, stable_before, stable_after
+
+
+def slower_version(story: Story) -> tuple[Step, Step, tuple[str, int], tuple[str, int]]:
+    """LATENCY_MS 300, success rate unchanged: the latency metric fails the analysis; `git
+    revert` deletes the variants, stable untouched."""
+    story.say("\n4. A slower version is pushed: every request sleeps 300 ms (LATENCY_MS 300); "
+              "the success rate is unchanged (SUCCESS_RATE 20).")
+    pushed = time.monotonic()
+    sha = story.set_latency(300, "sampleapp: latency 300 ms")
+    wanted = {APP: 4, f"{APP}-baseline": 1, f"{APP}-canary": 1}
+    story.wait(lambda: ready(story.deployments(), wanted), "baseline and canary")
+    status = story.wait(lambda: _failed(story, sha) or story.status_of(sha, "success"),
+                        "the analysis verdict")
+    found = story.deployments()
+    judged = Step(sha, replicas(found), {n: rate_of(d) for n, d in found.items()}, status,
+                  time.monotonic() - pushed, story.success_rates(),
+                  {n: latency_of(d) for n, d in found.items()})
+    story.say(f"   verdict on {sha[:7]}: {status}")
+    story.say(f"   caught: {caught(status, _objective(story))}")
+    p99 = ", ".join(f"{name} {seconds:.3g}s" for name, seconds in story.p99s().items())
+    story.say(f"   Prometheus, last 20s: p99 {p99}; {_percent(judged.measured)}")
+    before = found[APP]
+    stable_before = (str(before.metadata.uid), int(before.metadata.generation))
+
+    story.say("   reject: `git revert HEAD`; git push.")
+    pushed = time.monotonic()
+    revert = story.revert()
+    story.wait(lambda: ready(story.deployments(), {APP: 4}), "baseline and canary to go")
+    status = story.wait(lambda: _containing(story.status_of(sha, "failure"), "rejected"),
+                        "the rejected status")
+    found = story.deployments()
+    after = found[APP]
+    stable_after = (str(after.metadata.uid), int(after.metadata.generation))
+    rejected = Step(revert, replicas(found), {n: rate_of(d) for n, d in found.items()}, status,
+                    time.monotonic() - pushed, latencies={n: latency_of(d)
+                                                          for n, d in found.items()})
+    story.say(f"   baseline and canary deleted; stable untouched (same uid, generation "
+              f"{stable_after[1]}), still without delay (LATENCY_MS {rejected.latencies[APP]}); "
+              f"status: {status}")
+    return judged, rejected, stable_before, stable_after
+
+
+LATENCY_STATUS = re.compile(
+    r"latency canary (?P<canary>[\d.]+%) vs (?P<baseline>[\d.]+%) fast enough "
+    r"\([^;)]*; p99 (?P<p99_canary>[\d.e+-]+)s vs (?P<p99_baseline>[\d.e+-]+)s\)")
+
+
+def caught(status: str, objective: float | None = None) -> str:
+    """What the latency metric's status says, in words: p99 and the share within the
+    objective, canary against baseline."""
+    match = LATENCY_STATUS.search(status)
+    if match is None:
+        return f"see the status ({status})"
+    within = f"within {objective:g}s" if objective is not None else "within the objective"
+    return (f"latency, p99 {match['p99_canary']}s on the canary vs {match['p99_baseline']}s on "
+            f"the baseline: {match['canary']} of the canary's requests {within} vs "
+            f"{match['baseline']} of the baseline's")
+
+
+def _objective(story: Story) -> float | None:
+    policy = yaml.safe_load((story.app_dir / "canary.yaml").read_text()) or {}
+    for metric in (policy.get("analysis") or {}).get("metrics") or []:
+        if metric.get("kind") == "histogram" and metric.get("objective") is not None:
+            return float(metric["objective"])
+    return None
 
 
 def _containing(status: str | None, word: str) -> str | None:

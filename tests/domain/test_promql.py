@@ -13,11 +13,14 @@ from controller.domain.promql import fill, pod_regex, variables
 def test_the_default_metric_is_the_seeds_success_rate_per_variant() -> None:
     values = variables("sampleapp", "demo", "canary", [("Deployment", "sampleapp")], 120)
     pods = "sampleapp-canary-[a-z0-9]{1,10}-[a-z0-9]{5}"
+    good = f'requests_total{{namespace="demo", pod=~"{pods}", custom_status="good"}}'
+    total = f'requests_total{{namespace="demo", pod=~"{pods}"}}'
+    # Exact counts: each series' rise over the window, or all of a series born within it.
     assert fill(DEFAULT_GOOD, values) == (
-        f'sum(increase(requests_total{{namespace="demo", pod=~"{pods}", '
-        f'custom_status="good"}}[120s]))')
+        f"sum(clamp_min({good} - {good} offset 120s, 0) or ({good} unless {good} offset 120s))")
     assert fill(DEFAULT_TOTAL, values) == (
-        f'sum(increase(requests_total{{namespace="demo", pod=~"{pods}"}}[120s]))')
+        f"sum(clamp_min({total} - {total} offset 120s, 0) or "
+        f"({total} unless {total} offset 120s))")
 
 
 def test_pod_regex_covers_every_workload_of_the_app() -> None:

@@ -15,7 +15,13 @@ import pytest
 import yaml
 
 from controller.cli import main
-from controller.domain.policy import Analysis, parse_policy
+from controller.domain.policy import (
+    DEFAULT_GOOD,
+    DEFAULT_TOTAL,
+    Analysis,
+    counted,
+    parse_policy,
+)
 from controller.domain.types import LABEL_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,16 +122,33 @@ def test_the_example_manifests_are_the_repositorys_sample_app_manifests() -> Non
     assert 'value: "10"' in (EXAMPLE / "deployment.yml").read_text()
 
 
-def test_the_commented_analysis_example_is_valid_and_is_the_default() -> None:
-    text = (EXAMPLE / "canary.yaml").read_text()
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("# analysis:"))
-    uncommented = "\n".join(line.removeprefix("#").removeprefix(" ")
-                            for line in lines[start:])
-    policy = parse_policy(uncommented, "canary.yaml", "sampleapp")
-    assert policy.analysis == Analysis()
-    example = parse_policy(text, "canary.yaml", "sampleapp")
-    assert (example.namespace, example.percentage, example.promote) == ("demo", 25, None)
+SELECTOR = 'namespace="{{ namespace }}", pod=~"{{ pod_regex }}"'
+BUCKETS = f"request_duration_seconds_bucket{{{SELECTOR}}}"
+# sampleapp/app.py's DURATION_BUCKETS (not imported: importing the app registers its metrics).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_QUERY = (f"sum by (le) (clamp_min({BUCKETS} - {BUCKETS} offset {{{{ window }}}}, 0) or "
+                 f"({BUCKETS} unless {BUCKETS} offset {{{{ window }}}}))")
+
+
+def test_the_example_analysis_judges_the_seed_s_success_rate_and_latency() -> None:
+    policy = parse_policy((EXAMPLE / "canary.yaml").read_text(), "canary.yaml", "sampleapp")
+    assert (policy.namespace, policy.percentage, policy.promote) == ("demo", 25, None)
+    analysis, default = policy.analysis, Analysis()
+    # The timing shown is the default's.
+    assert (analysis.warmup, analysis.interval, analysis.deadline, analysis.pass_score,
+            analysis.marginal_score) == (default.warmup, default.interval, default.deadline,
+                                         default.pass_score, default.marginal_score)
+    assert [m.name for m in analysis.metrics] == ["success-rate", "latency"]
+    success, latency = analysis.metrics
+    # The success rate is the default metric, its exact-count queries written out.
+    assert success == default.metrics[0]
+    assert (success.good, success.total) == (DEFAULT_GOOD, DEFAULT_TOTAL)
+    assert success.good == counted(f'requests_total{{{SELECTOR}, custom_status="good"}}')
+    assert (latency.kind, latency.direction, latency.critical, latency.objective,
+            latency.tolerance) == ("histogram", "lower", True, 0.25, None)
+    assert latency.query == LATENCY_QUERY
+    # The objective is one of the app's bucket bounds: the share within it is read exactly.
+    assert latency.objective in DURATION_BUCKETS
 
 
 def test_a_zero_percentage_is_refused_naming_the_file_and_the_field(
