@@ -77,8 +77,13 @@ class AppReader:
         chosen = _readable(prefix, (entries[n] for n in select_files(entries, policy)),
                            Budget())
         texts = {f"{prefix}{entry.path}": self.repo.read_blob(entry) for entry in chosen}
-        return policy, parse_manifests(texts, policy), \
-            policy_entry.size + sum(e.size for e in chosen)
+        manifests = parse_manifests(texts, policy)
+        if not manifests:
+            globs = ", ".join(policy.manifests)
+            raise InputError(f"{prefix}{POLICY_FILE}", "manifests",
+                             f"no Kubernetes objects in this folder: no file matches {globs}"
+                             if not chosen else f"the files matching {globs} hold no objects")
+        return policy, manifests, policy_entry.size + sum(e.size for e in chosen)
 
     def find(self, head: Sha, app: str) -> AppFolder:
         """The folder of the app named `app` (by `app:` or folder name) at a commit."""

@@ -51,6 +51,7 @@ _STR = f"{_TAG}str"
 _SCALAR_TAGS = frozenset(f"{_TAG}{name}" for name in (
     "null", "bool", "int", "float", "str", "binary", "timestamp"))
 _COLLECTION_TAGS = frozenset({None, "!", f"{_TAG}seq", f"{_TAG}map"})
+_AS_WRITTEN = frozenset({f"{_TAG}value", f"{_TAG}timestamp"})
 
 
 def _mib(size: int) -> str:
@@ -165,8 +166,10 @@ class _Builder:
             raise self.fail(event, f"the YAML tag {tag} is not allowed")
         if tag is None or tag == "!":
             tag = self.loader.resolve(ScalarNode, event.value, event.implicit)
-        if tag == _STR:
-            return event.value  # what the str constructor returns, without a node
+        if tag == _STR or tag in _AS_WRITTEN:
+            # A string, as kubectl reads these: YAML 1.1's `=` (the "value" key) and dates and
+            # times (JSON has no dates: kubectl passes the text on).
+            return event.value
         if tag == f"{_TAG}merge":
             raise self.fail(event, "YAML merge keys (<<) are not allowed")
         marks: tuple[Any, Any] = (event.start_mark, event.end_mark)  # libyaml's or PyYAML's

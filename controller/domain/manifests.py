@@ -91,10 +91,11 @@ def _objects(path: str, number: int, doc: object) -> list[KubeObject]:
     for key in ("apiVersion", "kind"):
         if not isinstance(doc.get(key), str) or not doc[key]:
             raise InputError(path, f"{where}: {key}", "is required")
-    if doc["kind"] == "List":
+    if doc["kind"] == "List" or (doc["kind"].endswith("List") and "items" in doc):
+        # kubectl reads any *List (ConfigMapList, RoleBindingList, ...) as its items.
         items = doc.get("items")
         if not isinstance(items, list):
-            raise InputError(path, f"{where}: items", "a List needs a list of items")
+            raise InputError(path, f"{where}: items", f"a {doc['kind']} needs a list of items")
         return [obj for item in items for obj in _objects(path, number, item)]
     metadata = doc.get("metadata")
     if not isinstance(metadata, dict):

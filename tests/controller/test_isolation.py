@@ -80,6 +80,25 @@ def test_a_hostile_folder_gets_one_error_status_and_a_healthy_app_still_deploys(
     assert "gitops-canary/good: success: deployed to stable" in note
 
 
+@pytest.mark.parametrize(("files", "words"), [
+    ({"README.md": "docs only"}, "no file matches *.yml, *.yaml"),
+    ({"notes.yaml": "# a comment, no object\n"}, "the files matching *.yml, *.yaml hold no"),
+])
+def test_an_app_without_manifests_is_an_error_not_deploying_forever(
+        harness: Harness, files: dict[str, str], words: str) -> None:
+    healthy(harness)
+    harness.repo.write("apps/empty/canary.yaml", {"namespace": harness.namespace})
+    for name, text in files.items():
+        harness.repo.write(f"apps/empty/{name}", text)
+    sha = harness.repo.commit("an app folder with nothing to apply")
+    harness.settle(lambda: (d := only(harness, "good")) and ready(d["good"], 4), "good deployed")
+    line = harness.settle(lambda: next((line for line in harness.repo.note(sha).splitlines()
+                                        if line.startswith("gitops-canary/empty:")), None),
+                          "the empty app's status")
+    assert ": error: apps/empty/canary.yaml: manifests: " in line, line
+    assert words in line, line
+
+
 def test_an_app_whose_reconcile_crashes_does_not_stop_the_others(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure nobody expected (a bug, here injected into the observe stage of one app):

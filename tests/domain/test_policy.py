@@ -147,6 +147,32 @@ items:
                                       ("ConfigMap", "other", "c")]
 
 
+def test_forms_kubectl_accepts_every_list_kind_and_comment_only_documents() -> None:
+    found = parse_manifests({"d.yml": """# a header comment, nothing else
+---
+kind: ConfigMapList
+apiVersion: v1
+items:
+- {kind: ConfigMap, apiVersion: v1, metadata: {name: a}, data: {MODE: =}}
+---
+# only a comment
+---
+kind: RoleBindingList
+apiVersion: rbac.authorization.k8s.io/v1
+items:
+- kind: RoleBinding
+  apiVersion: rbac.authorization.k8s.io/v1
+  metadata: {name: r, annotations: {since: 2024-01-02}}
+  roleRef: {kind: Role, name: x, apiGroup: rbac.authorization.k8s.io}
+"""}, Policy(app="a", namespace="shop"))
+    assert [m.key for m in found] == [("ConfigMap", "shop", "a"), ("RoleBinding", "shop", "r")]
+    assert found[0].obj["data"] == {"MODE": "="}
+    assert found[1].obj["metadata"]["annotations"] == {"since": "2024-01-02"}
+    with pytest.raises(InputError, match=r"document 1: items: a SecretList needs a list"):
+        parse_manifests({"d.yml": "kind: SecretList\napiVersion: v1\nitems: {}\n"},
+                        Policy(app="a"))
+
+
 def test_manifest_globs_select_files() -> None:
     names = ["canary.yaml", "deployment.yml", "service.yaml", "README.md", "k8s/extra.yml"]
     assert select_files(names, Policy(app="a")) == ["deployment.yml", "service.yaml"]
