@@ -12,17 +12,33 @@ file in docs/ costs nothing and a large manifest is refused unread.
 from __future__ import annotations
 
 import copy
+import re
+import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
-from controller.domain.limits import MAX_FILE_BYTES, Budget
+import yaml
+
+from controller.domain.limits import MAX_APP_BYTES, MAX_FILE_BYTES, Budget
 from controller.domain.manifests import Manifest, parse_manifests, select_files
-from controller.domain.policy import POLICY_FILE, Policy, parse_policy
+from controller.domain.policy import (
+    CHART_FILE,
+    KUSTOMIZATION_FILES,
+    POLICY_FILE,
+    Helm,
+    Policy,
+    parse_policy,
+)
 from controller.domain.render import fingerprint
 from controller.domain.types import Fingerprint, Sha
 from controller.edges.git import AppFolder, FileEntry, GitRepo
+from controller.edges.renderers import Tools
 from controller.errors import CanaryError, InputError
+
+MAX_EXPORT_BYTES = 8 * MAX_APP_BYTES  # a Kustomize build sees the repository: at most this
+KUSTOMIZE_WALK = 50  # commits walked back to find a Kustomize app's revision
 
 # The parsed apps kept, counted in the bytes of the files they were parsed from (the parsed
 # objects take a few times that): many small apps, or a few at the limits, never more.
@@ -39,25 +55,27 @@ class Desired:
 
 
 class AppReader:
-    def __init__(self, repo: GitRepo) -> None:
+    def __init__(self, repo: GitRepo, tools: Tools | None = None) -> None:
         self.repo = repo
+        self.tools = tools or Tools.found()
         self._fingerprints: dict[str, Fingerprint | None] = {}
-        self._parsed: OrderedDict[tuple[str, str], tuple[Policy, list[Manifest], int]] = \
-            OrderedDict()
+        self._parsed: OrderedDict[tuple[str, str, str],
+                                  tuple[Policy, list[Manifest], int]] = OrderedDict()
         self._parsed_bytes = 0
         self._revisions: dict[tuple[Sha, str, Fingerprint], Sha] = {}
 
     def desired(self, head: Sha, folder: AppFolder) -> Desired:
-        policy, manifests = self.parse(folder, folder.tree)
+        policy, manifests = self.parse(folder, folder.tree, folder.root)
         fp = fingerprint(manifests, policy.governance)
         return Desired(folder, policy, manifests, fp, self.revision(head, folder, fp))
 
-    def parse(self, folder: AppFolder, tree: str) -> tuple[Policy, list[Manifest]]:
-        key = (folder.path, tree)
+    def parse(self, folder: AppFolder, tree: str, root: str = "") -> tuple[Policy, list[Manifest]]:
+        """The app at a folder tree; `root`, the commit's root tree, matters to Kustomize."""
+        key = (folder.path, tree, root if folder.kustomize else "")
         if key in self._parsed:
             self._parsed.move_to_end(key)
         else:
-            self._parsed[key] = self._parse(folder, tree)
+            self._parsed[key] = self._parse(folder, tree, root)
             self._parsed_bytes += self._parsed[key][2]
             while self._parsed_bytes > CACHE_BYTES and len(self._parsed) > 1:
                 self._parsed_bytes -= self._parsed.popitem(last=False)[1][2]
@@ -65,7 +83,8 @@ class AppReader:
         # Manifests hold mutable dicts: hand out copies so no caller changes the cache.
         return policy, copy.deepcopy(manifests)
 
-    def _parse(self, folder: AppFolder, tree: str) -> tuple[Policy, list[Manifest], int]:
+    def _parse(self, folder: AppFolder, tree: str,
+               root: str) -> tuple[Policy, list[Manifest], int]:
         """The app's policy and manifests, and how many bytes they were read from."""
         prefix = f"{folder.path}/" if folder.path else ""
         entries = {entry.path: entry for entry in self.repo.list_folder(tree)}
@@ -74,6 +93,16 @@ class AppReader:
         (policy_entry,) = _readable(prefix, [entries[POLICY_FILE]], Budget())
         policy = parse_policy(self.repo.read_blob(policy_entry), f"{prefix}{POLICY_FILE}",
                               folder.name)
+        kustomization = next((n for n in KUSTOMIZATION_FILES if n in entries), None)
+        if kustomization is not None or CHART_FILE in entries:
+            text = self._rendered(folder, tree, root, policy, kustomization is not None)
+            manifests = parse_manifests(_documents(prefix, text, "kustomize build"
+                                                   if kustomization else "helm template"),
+                                        policy)
+            if not manifests:
+                raise InputError(f"{prefix}{kustomization or CHART_FILE}", "",
+                                 "renders no Kubernetes objects")
+            return policy, manifests, policy_entry.size + len(text)
         chosen = _readable(prefix, (entries[n] for n in select_files(entries, policy)),
                            Budget())
         texts = {f"{prefix}{entry.path}": self.repo.read_blob(entry) for entry in chosen}
@@ -85,12 +114,46 @@ class AppReader:
                              if not chosen else f"the files matching {globs} hold no objects")
         return policy, manifests, policy_entry.size + sum(e.size for e in chosen)
 
+    def _rendered(self, folder: AppFolder, tree: str, root: str, policy: Policy,
+                  kustomize: bool) -> str:
+        """The folder's objects as its tool renders them, from files written to a temporary
+        folder: for Kustomize the commit's whole tree (bases may be anywhere), for Helm the
+        chart folder."""
+        prefix = f"{folder.path}/" if folder.path else ""
+        with tempfile.TemporaryDirectory(prefix="gitops-canary-export-") as scratch:
+            base = Path(scratch)
+            if kustomize and root:
+                self._export(root, base, prefix)
+                return self.tools.kustomize_build(base, folder.path, prefix)
+            self._export(tree, base / "app", prefix)
+            if kustomize:
+                return self.tools.kustomize_build(base / "app", "", prefix)
+            helm = policy.helm or Helm(policy.app)
+            values = None if helm.values is None else yaml.safe_dump(helm.values)
+            return self.tools.helm_template(base / "app", helm.release, policy.namespace,
+                                            helm.values_files, values, prefix)
+
+    def _export(self, tree: str, into: Path, shown: str) -> None:
+        """Write the files of a tree (regular files only: a symlink could point anywhere),
+        within MAX_EXPORT_BYTES."""
+        entries = self.repo.list_folder(tree)
+        size = sum(e.size for e in entries if not e.symlink)
+        if size > MAX_EXPORT_BYTES:
+            raise InputError(shown or "/", "", f"{size:,} bytes to render from, over the limit "
+                                               f"of {MAX_EXPORT_BYTES // 2**20} MiB")
+        for entry in entries:
+            if entry.symlink:
+                continue
+            target = into / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.repo.read_bytes(entry))
+
     def find(self, head: Sha, app: str) -> AppFolder:
         """The folder of the app named `app` (by `app:` or folder name) at a commit."""
         names = []
         for folder in self.repo.apps(head):
             try:
-                name = self.parse(folder, folder.tree)[0].app
+                name = self.policy(folder, folder.tree).app
             except InputError:
                 name = folder.name
             if name == app:
@@ -115,7 +178,7 @@ class AppReader:
         if tree is None:
             return None
         try:
-            return self.parse(folder, tree)[0].promote
+            return self.policy(folder, tree).promote
         except InputError:
             return None
 
@@ -130,31 +193,75 @@ class AppReader:
         if tree is None:
             return None
         try:
-            return self.parse(folder, tree)[0]
+            return self.policy(folder, tree)
         except InputError:
             return None
 
-    def _fingerprint_of(self, folder: AppFolder, tree: str) -> Fingerprint | None:
-        if tree not in self._fingerprints:
+    def policy(self, folder: AppFolder, tree: str) -> Policy:
+        """Only the folder's canary.yaml, parsed: nothing rendered."""
+        prefix = f"{folder.path}/" if folder.path else ""
+        entry = next((e for e in self.repo.list_folder(tree) if e.path == POLICY_FILE), None)
+        if entry is None:
+            raise InputError(f"{prefix}{POLICY_FILE}", "", "not found")
+        (entry,) = _readable(prefix, [entry], Budget())
+        return parse_policy(self.repo.read_blob(entry), f"{prefix}{POLICY_FILE}", folder.name)
+
+    def _fingerprint_of(self, folder: AppFolder, tree: str, root: str) -> Fingerprint | None:
+        key = f"{tree}+{root}" if folder.kustomize else tree
+        if key not in self._fingerprints:
             try:
-                policy, manifests = self.parse(folder, tree)
-                self._fingerprints[tree] = fingerprint(manifests, policy.governance)
+                policy, manifests = self.parse(folder, tree, root)
+                self._fingerprints[key] = fingerprint(manifests, policy.governance)
             except InputError:
-                self._fingerprints[tree] = None
-        return self._fingerprints[tree]
+                self._fingerprints[key] = None
+        return self._fingerprints[key]
 
     def revision(self, head: Sha, folder: AppFolder, fp: Fingerprint) -> Sha:
         """Walk back the commits that touched the folder until the one whose parent ran
-        something else: that commit started the running spec."""
+        something else: that commit started the running spec. A Kustomize app may change by
+        a commit to a base anywhere: every commit counts, up to KUSTOMIZE_WALK of them."""
         cache_key = (head, folder.path, fp)
         if cache_key not in self._revisions:
             revision = head
-            for sha, parent_tree in self.repo.changes(head, folder.path):
+            path = "" if folder.kustomize else folder.path
+            for walked, (sha, parent) in enumerate(self.repo.changes(head, path)):
                 revision = sha
-                if parent_tree is None or self._fingerprint_of(folder, parent_tree) != fp:
+                if parent is None or (folder.kustomize and walked >= KUSTOMIZE_WALK):
+                    break
+                if folder.kustomize:
+                    tree = self.repo.subtree(parent, folder.path)
+                    parent_fp = None if tree is None else \
+                        self._fingerprint_of(folder, tree, parent)
+                else:
+                    parent_fp = self._fingerprint_of(folder, parent, "")
+                if parent_fp != fp:
                     break
             self._revisions[cache_key] = revision
         return self._revisions[cache_key]
+
+
+def on_disk(folder: Path, policy: Policy, tools: Tools) -> list[Manifest]:
+    """An app folder on disk (`gitops-canary render`), rendered as the controller would."""
+    shown = f"{folder}/"
+    if any((folder / name).is_file() for name in KUSTOMIZATION_FILES):
+        text = tools.kustomize_build(folder.resolve(), "", shown)
+        return parse_manifests(_documents(shown, text, "kustomize build"), policy)
+    if (folder / CHART_FILE).is_file():
+        helm = policy.helm or Helm(policy.app)
+        values = None if helm.values is None else yaml.safe_dump(helm.values)
+        text = tools.helm_template(folder.resolve(), helm.release, policy.namespace,
+                                   helm.values_files, values, shown)
+        return parse_manifests(_documents(shown, text, "helm template"), policy)
+    names = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+    return parse_manifests({str(folder / n): (folder / n).read_text()
+                            for n in select_files(names, policy)}, policy)
+
+
+def _documents(prefix: str, text: str, tool: str) -> dict[str, str]:
+    """A tool's output as {name: one document}, so each object's errors name it (and the
+    per-file limit holds per object)."""
+    parts = [part for part in re.split(r"(?m)^---[ \t]*$", text) if part.strip()]
+    return {f"{prefix}({tool}) object {i:04d}": part for i, part in enumerate(parts, start=1)}
 
 
 def _readable(prefix: str, entries: Iterable[FileEntry], budget: Budget) -> list[FileEntry]:

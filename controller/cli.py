@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from controller import __version__
-from controller.domain.manifests import parse_manifests, select_files
 from controller.domain.policy import (
     POLICY_FILE,
     parse_policy,
@@ -85,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--output", "-o", choices=("text", "json", "yaml"), default="text")
 
+    tools = argparse.ArgumentParser(add_help=False)
+    tools.add_argument("--kustomize", default=os.environ.get("GITOPS_CANARY_KUSTOMIZE"),
+                       metavar="PATH", help="kustomize binary (default: kustomize on PATH)")
+    tools.add_argument("--helm", default=os.environ.get("GITOPS_CANARY_HELM"), metavar="PATH",
+                       help="helm binary (default: helm on PATH)")
+
     prometheus = argparse.ArgumentParser(add_help=False)
     prometheus.add_argument("--prometheus-url", default=os.environ.get("GITOPS_CANARY_PROMETHEUS"),
                             help="Prometheus base URL (run: without it, no analysis)")
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     prometheus.add_argument("--prometheus-basic-auth-file", default=None,
                             help="file holding USER:PASSWORD for Prometheus")
 
-    run = sub.add_parser("run", parents=[kube, prometheus], help="run the controller")
+    run = sub.add_parser("run", parents=[kube, prometheus, tools], help="run the controller")
     run.add_argument("--repo", default=os.environ.get("GITOPS_CANARY_REPO"), required=
                      "GITOPS_CANARY_REPO" not in os.environ,
                      help="deploy repository: path, file://, https:// or ssh:// URL")
@@ -153,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how often the leader renews, and the others look (default 5s; at "
                           "most half of --lease-duration)")
 
-    analyze = sub.add_parser("analyze", parents=[prometheus, output],
+    analyze = sub.add_parser("analyze", parents=[prometheus, output, tools],
                              help="one analysis of APP's canary, now")
     analyze.add_argument("app", metavar="APP")
     analyze.add_argument("--repo", type=Path, default=Path.cwd(),
@@ -171,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "fixed sample, Fisher / Mann-Whitney (no looks)")
     judge.add_argument("--input", required=True, metavar="FILE", help="JSON file, - for stdin")
 
-    render = sub.add_parser("render", help="print the objects to apply")
+    render = sub.add_parser("render", parents=[tools], help="print the objects to apply")
     render.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml")
     render.add_argument("app_dir", type=Path, metavar="APP_DIR")
     render.add_argument("--live", type=Path, metavar="FILE",
@@ -187,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("reject", "commit the return of APP to stable in a local clone (with "
                                   "--kubeconfig: to stable's revision; else: revert the "
                                   "canary's commit)")):
-        cmd = sub.add_parser(name, parents=[kube], help=text)
+        cmd = sub.add_parser(name, parents=[kube, tools], help=text)
         cmd.add_argument("app", metavar="APP")
         cmd.add_argument("--repo", type=Path, default=Path.cwd(),
                          help="the local clone (default: the current folder)")
@@ -222,6 +227,7 @@ def _emit(data: Any, output: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from controller.edges.git import GitSource
     from controller.edges.kube import Kube, connect
+    from controller.edges.renderers import Tools
     from controller.leader import Elector, default_identity, elected
     from controller.metrics import Metrics, serve
     from controller.reconcile import Reconciler
@@ -245,6 +251,7 @@ def _run(args: argparse.Namespace) -> int:
     kube = Kube(api, namespaces, frozenset(args.allow_cluster_kind), args.state_namespace)
     sink, promotions, forge_approvers = _forge(args, source)
     reconciler = Reconciler(source, kube, sink, _prometheus(args), promotions=promotions,
+                            tools=Tools.found(args.kustomize, args.helm),
                             propose_on_failure=args.promote_pr == "always",
                             allowed_signers=args.allowed_signers,
                             forge_approvers=forge_approvers)
@@ -345,13 +352,14 @@ def _analyze(args: argparse.Namespace) -> int:
     from controller.apps import AppReader
     from controller.domain.sequential import describe, summary, to_json
     from controller.edges.git import GitRepo
+    from controller.edges.renderers import Tools
 
     prom = _prometheus(args)
     if prom is None:
         raise CanaryError("analyze needs --prometheus-url (or $GITOPS_CANARY_PROMETHEUS)")
     repo = GitRepo.open(args.repo)
     head = Sha(repo.repo.head.commit.hexsha)
-    reader = AppReader(repo)
+    reader = AppReader(repo, Tools.found(args.kustomize, args.helm))
     desired = reader.desired(head, reader.find(head, args.app))
     workloads = [(m.kind, m.name) for m in desired.manifests if m.kind in WORKLOAD_KINDS]
     now = time.time()
@@ -417,6 +425,9 @@ def _judge(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from controller.apps import on_disk
+    from controller.edges.renderers import Tools
+
     folder: Path = args.app_dir
     policy_file = folder / POLICY_FILE
     if not policy_file.exists():
@@ -424,9 +435,7 @@ def _render(args: argparse.Namespace) -> int:
               f"{POLICY_FILE})", file=sys.stderr)
         return 2
     policy = parse_policy(policy_file.read_text(), str(policy_file), folder.resolve().name)
-    names = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
-    manifests = parse_manifests({str(folder / n): (folder / n).read_text()
-                                 for n in select_files(names, policy)}, policy)
+    manifests = on_disk(folder, policy, Tools.found(args.kustomize, args.helm))
     live: dict[tuple[str, str, str], KubeObject] = {}
     if args.live:
         try:
@@ -495,13 +504,14 @@ def _status(args: argparse.Namespace) -> int:
 def _canary_of(args: argparse.Namespace) -> tuple[GitRepo, AppReader, Path, Sha]:
     from controller.apps import AppReader
     from controller.edges.git import GitRepo
+    from controller.edges.renderers import Tools
 
     repo = GitRepo.open(args.repo)
     if repo.repo.is_dirty(untracked_files=False):
         raise CanaryError(f"{repo.repo.working_dir} has uncommitted changes; commit or stash "
                           f"them first")
     head = Sha(repo.repo.head.commit.hexsha)
-    reader = AppReader(repo)
+    reader = AppReader(repo, Tools.found(args.kustomize, args.helm))
     folder = reader.find(head, args.app)
     desired = reader.desired(head, folder)
     return repo, reader, Path(str(repo.repo.working_dir)) / folder.path / POLICY_FILE, \

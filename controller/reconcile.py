@@ -59,6 +59,7 @@ from controller.domain.types import (
 from controller.edges.git import AppFolder, GitSource
 from controller.edges.kube import Kube, rollout_ready
 from controller.edges.prometheus import Prometheus
+from controller.edges.renderers import Tools
 from controller.edges.statuses import StatusSink
 from controller.errors import CanaryError, InputError, TransientError
 from controller.followups import FollowUps
@@ -130,11 +131,12 @@ class Reconciler:
                  promotions: PromotionRequests | None = None,
                  propose_on_failure: bool = False,
                  allowed_signers: Path | None = None,
-                 forge_approvers: ForgeApprovers | None = None) -> None:
+                 forge_approvers: ForgeApprovers | None = None,
+                 tools: Tools | None = None) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
         self.prometheus = prometheus
         self.promotions, self.propose_on_failure = promotions, propose_on_failure
-        self.reader = AppReader(source)
+        self.reader = AppReader(source, tools)
         self.follow_ups = FollowUps(source, promotions)
         self.gate = Gate(source, self.reader, allowed_signers, forge_approvers)
         self._refused_claims: set[tuple[str, str]] = set()
@@ -154,7 +156,7 @@ class Reconciler:
         outcomes = []
         for folder in folders:
             crash = self._crashes.get(folder.path)
-            if crash is not None and crash.tree == folder.tree and \
+            if crash is not None and crash.tree == folder.inputs and \
                     time.monotonic() < crash.retry_at:
                 continue  # backing off; a new commit to the folder retries at once
             try:
@@ -172,10 +174,10 @@ class Reconciler:
         folder's last commit (once per message), and exponential backoff for that app only."""
         log.exception("app in %s failed; the other apps go on", folder.path or "/")
         previous = self._crashes.get(folder.path)
-        failures = previous.failures + 1 if previous and previous.tree == folder.tree else 1
+        failures = previous.failures + 1 if previous and previous.tree == folder.inputs else 1
         delay = min(CRASH_BACKOFF * 2 ** (failures - 1), CRASH_BACKOFF_MAX)
         message = f"{folder.path or '/'}: internal error ({type(error).__name__}: {error})"
-        crash = Crash(folder.tree, failures, time.monotonic() + delay, message)
+        crash = Crash(folder.inputs, failures, time.monotonic() + delay, message)
         self._crashes[folder.path] = crash
         if previous is not None and previous.message == message and previous.reported:
             crash.reported = True
@@ -191,7 +193,7 @@ class Reconciler:
                        claims: Claims) -> Outcome | None:
         started = time.monotonic()
         prior = claims.by_path.get(folder.path)
-        if prior is not None and prior.observed_tree == folder.tree and prior.error is None \
+        if prior is not None and prior.observed_tree == folder.inputs and prior.error is None \
                 and prior.phase is Phase.STABLE and not prior.unposted:
             claims.take(prior.app, folder.path)
             return Outcome(prior.app, prior, skipped=True)  # unchanged in git, nothing in flight
@@ -229,7 +231,7 @@ class Reconciler:
     def _refuse_claim(self, head: Sha, folder: AppFolder, app: AppName, owner: str) -> None:
         """A folder claiming an app name another folder holds: an error status on the commit
         that last changed it (once per tree), and nothing else."""
-        if (folder.tree, app) in self._refused_claims:
+        if (folder.inputs, app) in self._refused_claims:
             return
         where = f"{folder.path}/{POLICY_FILE}" if folder.path else POLICY_FILE
         message = (f"{where}: app: the name {app} belongs to {owner or 'the repository root'}; "
@@ -242,7 +244,7 @@ class Reconciler:
             log.warning("app %s: posting the refusal: %s (again on the next reconcile)", app,
                         error)
             return
-        self._refused_claims.add((folder.tree, app))
+        self._refused_claims.add((folder.inputs, app))
 
     # --- observe ----------------------------------------------------------------------------
 
@@ -253,7 +255,7 @@ class Reconciler:
                  record: Record, now: float
                  ) -> tuple[Observation, Rendered | None, list[KubeObject]]:
         if isinstance(desired, InputError):
-            return Observation(tree=folder.tree, problem=str(desired),
+            return Observation(tree=folder.inputs, problem=str(desired),
                                problem_sha=self.source.last_change(head, folder.path)), None, []
         try:
             self.kube.admit(m.obj for m in desired.manifests)
@@ -262,7 +264,7 @@ class Reconciler:
                 raise
             # The folder's last change brought the refused object in (a Service, say, that
             # changes no workload and so no canary revision).
-            return Observation(tree=folder.tree, problem=str(error),
+            return Observation(tree=folder.inputs, problem=str(error),
                                problem_sha=self.source.last_change(head, folder.path)), None, []
         live: dict[Key, KubeObject] = {}
         for m in desired.manifests:
@@ -292,7 +294,7 @@ class Reconciler:
             else policy if not any(stable) else None
         gate = self.gate.check(head, desired, governing, stable_revision)
         observation = Observation(
-            tree=folder.tree,
+            tree=folder.inputs,
             fingerprint=fp,
             revision=desired.revision,
             approval=gate.approval,

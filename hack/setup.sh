@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests and the demo need, idempotently, on a fresh machine:
-# Debian's Prometheus, a virtualenv with the package and its test tools, and the cached
-# Kubernetes/etcd/kwok/fortio binaries (hack/cluster/build.sh).
+# Debian's Prometheus, a virtualenv with the package and its test tools, the cached
+# Kubernetes/etcd/kwok/fortio binaries (hack/cluster/build.sh) and the cached kustomize/helm
+# renderers of app folders (hack/render-tools/build.sh).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -29,4 +30,5 @@ if [ ! -f "$stamp" ]; then
 fi
 
 bash hack/cluster/build.sh >/dev/null
+bash hack/render-tools/build.sh >/dev/null
 log "ready"

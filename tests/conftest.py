@@ -24,6 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_STATE = REPO / ".localcluster" / "pytest"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def render_tools() -> Path:
+    """The pinned kustomize and helm (built once, cached), first on PATH: the controller finds
+    them there, in this process and in the controllers the tests start."""
+    folder = localcluster.render_tools()
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    return folder
+
+
 @pytest.fixture(scope="session")
 def kubeconfig() -> Iterator[Path]:
     """A kubeconfig for a real cluster: $KUBECONFIG if set, else the local one, started here."""

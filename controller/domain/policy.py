@@ -15,6 +15,9 @@ from controller.domain.limits import load_yaml
 from controller.errors import InputError
 
 POLICY_FILE = "canary.yaml"
+# A folder holding one of these is rendered by Kustomize, or by Helm (edges/renderers.py).
+KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+CHART_FILE = "Chart.yaml"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # SHA-1 or SHA-256 repositories
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -71,6 +74,15 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class Helm:
+    """How a folder holding a Chart.yaml is rendered: `helm template <release> <folder>`."""
+
+    release: str
+    values_files: tuple[str, ...] = ()  # relative to the folder, in order
+    values: dict[str, Any] | None = None  # last, over the files (written as a values file)
+
+
+@dataclass(frozen=True)
 class Policy:
     app: str
     namespace: str = "default"
@@ -82,6 +94,7 @@ class Policy:
     approvers: tuple[str, ...] = ()
     require_signed_approval: bool = False
     analysis: Analysis = field(default_factory=Analysis)
+    helm: Helm | None = None  # None: the chart's release is the app, with its own values
 
     @property
     def governance(self) -> tuple[object, ...]:
@@ -254,6 +267,23 @@ def _analysis(file: str, data: Any) -> Analysis:
     return analysis
 
 
+def _helm(file: str, data: Any, app: str) -> Helm | None:
+    if data is None:
+        return None
+    fields = _Fields(file, data, "helm")
+    release = fields.take("releaseName", str, app)
+    if not DNS_LABEL.match(release):
+        raise fields.fail("releaseName", f"must be a DNS label; got {release!r}")
+    files = fields.strings("valuesFiles", ())
+    for i, name in enumerate(files):
+        if name.startswith("/") or ".." in name.split("/"):
+            raise InputError(file, f"helm.valuesFiles[{i}]",
+                             f"must stay inside the app folder; got {name!r}")
+    values = fields.take("values", dict, None)
+    fields.done(("releaseName", "valuesFiles", "values"))
+    return Helm(release, files, values)
+
+
 def parse_policy(text: str, file: str, folder_name: str) -> Policy:
     """Parse the text of a canary.yaml; `folder_name` names the app when `app:` is absent."""
     documents = load_yaml(text, file)  # bounded: no aliases, no deep nesting, at most 1 MiB
@@ -289,6 +319,7 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
             raise fields.fail("promote", f"must be the full commit sha (40 hex characters) of "
                                          f"the canary revision; got {promote!r}")
     approvers = fields.strings("approvers", ())
+    helm = _helm(file, fields.take("helm", dict, None), app)
     policy = Policy(
         app=app,
         namespace=namespace,
@@ -300,9 +331,10 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
         approvers=approvers,
         require_signed_approval=fields.take("requireSignedApproval", bool, False),
         analysis=_analysis(file, fields.take("analysis", dict, None)),
+        helm=helm,
     )
     fields.done(("app", "namespace", "percentage", "bootstrap", "manifests", "promote",
-                 "judgment", "approvers", "requireSignedApproval", "analysis"))
+                 "judgment", "approvers", "requireSignedApproval", "analysis", "helm"))
     return policy
 
 

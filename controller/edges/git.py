@@ -30,7 +30,7 @@ from typing import BinaryIO
 import git
 
 from controller.domain.limits import Budget
-from controller.domain.policy import POLICY_FILE
+from controller.domain.policy import KUSTOMIZATION_FILES, POLICY_FILE
 from controller.domain.types import Sha
 from controller.errors import ApiError, TransientError
 
@@ -51,7 +51,15 @@ SYMLINK_MODE = "120000"
 @dataclass(frozen=True)
 class AppFolder:
     path: str  # relative to the repository root; "" for the root itself
-    tree: str  # the folder's git tree sha: equal trees, equal apps
+    tree: str  # the folder's git tree sha
+    root: str = ""  # the commit's root tree: a Kustomize overlay may use bases outside
+    kustomize: bool = False  # the folder holds a kustomization file
+
+    @property
+    def inputs(self) -> str:
+        """What the app is rendered from: equal inputs, equal apps. A kustomization may name
+        bases anywhere in the repository, so its inputs are the whole commit's tree."""
+        return f"{self.tree}+{self.root}" if self.kustomize else self.tree
 
     @property
     def name(self) -> str:
@@ -226,12 +234,14 @@ class GitRepo:
         """Every folder of the commit that holds a canary.yaml, cached by the root tree."""
         root = self.repo.commit(head).tree
         if root.hexsha not in self._apps_cache:
+            blobs = [str(item.path) for item in root.traverse() if isinstance(item, git.Blob)]
+            kustomized = {os.path.dirname(path) for path in blobs
+                          if os.path.basename(path) in KUSTOMIZATION_FILES}
             found = [
-                AppFolder(os.path.dirname(str(item.path)),
-                          (root / os.path.dirname(str(item.path))).hexsha
-                          if os.path.dirname(str(item.path)) else root.hexsha)
-                for item in root.traverse()
-                if isinstance(item, git.Blob) and item.name == POLICY_FILE
+                AppFolder(folder, (root / folder).hexsha if folder else root.hexsha,
+                          root.hexsha, folder in kustomized)
+                for folder in (os.path.dirname(path) for path in blobs
+                               if os.path.basename(path) == POLICY_FILE)
             ]
             self._apps_cache = {root.hexsha: sorted(found, key=lambda a: a.path)}
         return self._apps_cache[root.hexsha]
@@ -254,6 +264,20 @@ class GitRepo:
                 mode, _, sha, size = fields
                 entries.append(FileEntry(path, mode, sha, int(size)))
         return entries
+
+    def read_bytes(self, entry: FileEntry) -> bytes:
+        data: bytes = self.repo.odb.stream(bytes.fromhex(entry.sha)).read()
+        return data
+
+    def subtree(self, root: str, path: str) -> str | None:
+        """The tree of `path` within the root tree `root` (None: no such folder)."""
+        if not path:
+            return root
+        try:
+            found = self._git("rev-parse", "--verify", "--quiet", f"{root}:{path}^{{tree}}")
+        except ApiError:
+            return None
+        return found.strip() or None
 
     def read_blob(self, entry: FileEntry) -> str:
         """A listed file's text: the caller checked its size against the limits."""

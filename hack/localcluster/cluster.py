@@ -28,6 +28,7 @@ from localcluster.processes import StartupError, Supervisor, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "hack" / "cluster" / "build.sh"
+RENDER_TOOLS_SCRIPT = REPO / "hack" / "render-tools" / "build.sh"
 DEFAULT_STATE = REPO / ".localcluster" / "default"
 
 # Pods get loopback addresses so a process can listen on a pod IP (see the apiserver patch in
@@ -98,6 +99,16 @@ def build_binaries() -> Path:
     )
     if result.returncode != 0:
         raise StartupError(f"{BUILD_SCRIPT} failed with exit code {result.returncode}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def render_tools() -> Path:
+    """Run the cached build of the renderers and return the folder holding kustomize and helm."""
+    result = subprocess.run(
+        ["bash", str(RENDER_TOOLS_SCRIPT)], check=False, stdout=subprocess.PIPE, text=True
+    )
+    if result.returncode != 0:
+        raise StartupError(f"{RENDER_TOOLS_SCRIPT} failed with exit code {result.returncode}")
     return Path(result.stdout.strip().splitlines()[-1])
 
 
