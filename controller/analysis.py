@@ -44,8 +44,9 @@ def recording(policy: Policy, app: str = "", revision: str = "") -> Recorded:
 
 
 def _measure(prom: Prometheus, policy: Policy, metric: Metric, variant: Variant,
-             workloads: Sequence[tuple[str, str]], now: float, window: int) -> Side:
-    values = variables(policy.app, policy.namespace, str(variant), workloads, window)
+             workloads: Sequence[tuple[str, str]], now: float, window: int,
+             namespace: str) -> Side:
+    values = variables(policy.app, namespace, str(variant), workloads, window)
     try:
         if metric.kind == "ratio":
             good = prom.scalar(fill(metric.good, values), at=now)
@@ -84,12 +85,16 @@ def _buckets(result: list[tuple[dict[str, str], float]]) -> Buckets | None:
 
 
 def look(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]], since: float,
-         now: float) -> tuple[Step, ...]:
-    """Each metric's increments of both variants over (since, now]."""
+         now: float, namespaces: Sequence[str] = ()) -> tuple[Step, ...]:
+    """Each metric's increments of both variants over (since, now]. `{{ namespace }}` is the
+    namespace the judged workloads live in (canary.yaml's when not given); for workloads in
+    several, an alternation `a|b`, which templates match with `namespace=~`."""
     window = max(1, math.ceil(now - since))
+    namespace = "|".join(sorted(set(namespaces))) or policy.namespace
     return tuple(
-        Step(_measure(prom, policy, metric, Variant.BASELINE, workloads, now, window),
-             _measure(prom, policy, metric, Variant.CANARY, workloads, now, window))
+        Step(_measure(prom, policy, metric, Variant.BASELINE, workloads, now, window,
+                      namespace),
+             _measure(prom, policy, metric, Variant.CANARY, workloads, now, window, namespace))
         for metric in policy.analysis.metrics)
 
 

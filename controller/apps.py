@@ -66,7 +66,7 @@ class AppReader:
 
     def desired(self, head: Sha, folder: AppFolder) -> Desired:
         policy, manifests = self.parse(folder, folder.tree, folder.root)
-        fp = fingerprint(manifests, policy.governance)
+        fp = fingerprint(manifests, policy.governance, policy.direct)
         return Desired(folder, policy, manifests, fp, self.revision(head, folder, fp))
 
     def parse(self, folder: AppFolder, tree: str, root: str = "") -> tuple[Policy, list[Manifest]]:
@@ -211,7 +211,7 @@ class AppReader:
         if key not in self._fingerprints:
             try:
                 policy, manifests = self.parse(folder, tree, root)
-                self._fingerprints[key] = fingerprint(manifests, policy.governance)
+                self._fingerprints[key] = fingerprint(manifests, policy.governance, policy.direct)
             except InputError:
                 self._fingerprints[key] = None
         return self._fingerprints[key]

@@ -33,11 +33,14 @@ from controller.domain.machine import (
     analysis_due_at,
     outbox,
 )
+from controller.domain.manifests import Manifest
 from controller.domain.policy import POLICY_FILE, Policy
 from controller.domain.render import (
     Key,
     Rendered,
+    canaried,
     forget_previous,
+    key_of,
     live_fingerprint,
     render,
     variant_replicas,
@@ -275,7 +278,8 @@ class Reconciler:
                     live[m.key] = found
         policy, manifests, fp = desired.policy, desired.manifests, desired.fingerprint
         rendered = render(policy, manifests, live, desired.revision)
-        workloads = [m for m in manifests if m.kind in WORKLOAD_KINDS]
+        workloads = canaried(manifests, policy.direct)
+        judged = [m for m in workloads if m.key in rendered.moving]  # those with variants
         stable = [live.get(m.key) for m in workloads]
         annotations = [((s or {}).get("metadata") or {}).get("annotations") or {}
                        for s in stable]
@@ -286,6 +290,7 @@ class Reconciler:
         canaries = [v for v in variants if v["kind"] in WORKLOAD_KINDS
                     and v["metadata"].get("labels", {}).get(LABEL_VERSION) == Variant.CANARY]
         replicas = [m.obj.get("spec", {}).get("replicas") for m in workloads]
+        judged_replicas = [m.obj.get("spec", {}).get("replicas") for m in judged]
         # Who may approve is the policy of the revision stable runs, never the one approved.
         revisions = {str(a.get(ANNOTATION_REVISION) or "")
                      for a, s in zip(annotations, stable, strict=True) if s is not None} - {""}
@@ -300,7 +305,7 @@ class Reconciler:
             approval=gate.approval,
             bootstrap_direct=policy.bootstrap == "direct",
             stable_exists=any(s is not None for s in stable),
-            stable_fingerprint=live_fingerprint(live, manifests),
+            stable_fingerprint=live_fingerprint(live, manifests, policy.direct),
             stable_previous_fingerprint=previous.pop() if len(previous) == 1 else None,
             stable_partly_desired=not moving,
             stable_ready=bool(stable) and all(rollout_ready(s) for s in stable),
@@ -310,25 +315,46 @@ class Reconciler:
                 ANNOTATION_FINGERPRINT) if canaries else None,
             variants_ready=bool(canaries) and all(rollout_ready(v) for v in variants
                                                   if v["kind"] in WORKLOAD_KINDS),
-            variant_replicas=variant_replicas(replicas[0] if replicas else None,
+            variant_replicas=variant_replicas(judged_replicas[0] if judged_replicas else None,
                                               policy.percentage),
             analysis_enabled=self.prometheus is not None,
             propose_on_failure=self.propose_on_failure,
             approval_refused=gate.refusal,
             judgment_auto=(governing or policy).judgment == "auto",
+            adoptable=policy.adopt and self._adoptable(rendered, workloads, live),
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )
         if self.prometheus is not None and analysis_due(record, policy.analysis, now):
             recorded = resume(record.evidence, recording(policy, policy.app, desired.revision))
             since = record.last_analysis or record.ready_at or now
-            steps = look(self.prometheus, policy, [(m.kind, m.name) for m in workloads],
-                         since, now)
+            steps = look(self.prometheus, policy, [(m.kind, m.name) for m in judged],
+                         since, now, [m.key[1] for m in judged])
             recorded = recorded.add(steps).bounded()
             observation = dataclasses.replace(
                 observation, analysis=recorded.assess(),
                 evidence=json.dumps(to_document(recorded), sort_keys=True))
         return observation, rendered, variants
+
+    def _adoptable(self, rendered: Rendered, workloads: list[Manifest],
+                   live: dict[Key, KubeObject]) -> bool:
+        """Live workloads another tool applied (none carries the controller's fingerprint)
+        that already run git's spec: the server's dry run of git's stable objects gives the
+        specs they have, defaults and all."""
+        stable = {key_of(o): o for o in rendered.stable}
+        found = [live.get(m.key) for m in workloads]
+        if not found or any(f is None or ANNOTATION_FINGERPRINT in (
+                (f.get("metadata") or {}).get("annotations") or {}) for f in found):
+            return False
+        for m, current in zip(workloads, found, strict=True):
+            assert current is not None
+            try:
+                would = self.kube.dry_run(stable[m.key])
+            except CanaryError:
+                return False
+            if would.get("spec") != current.get("spec"):
+                return False
+        return True
 
     def _variants(self, record: Record, policy: Policy) -> list[KubeObject]:
         """The app's live variants: those its inventory records (found by label for a record
@@ -356,8 +382,12 @@ class Reconciler:
                                      unposted=outbox(record.unposted + statuses))
         try:
             if writes is not None:
-                self.kube.claim(writes.applies, {o.key for o in record.inventory or ()},
-                                adopt_own=record.inventory is None, app=app)
+                # Stable's objects too, though a canary does not write them yet: a workload
+                # someone else runs is refused now, not at its promotion.
+                self.kube.claim([*writes.applies, *(rendered.stable if rendered else ())],
+                                {o.key for o in record.inventory or ()},
+                                adopt_own=record.inventory is None, app=app,
+                                adopt=isinstance(desired, Desired) and desired.policy.adopt)
                 intent = dataclasses.replace(intent, inventory=writes.intent)
                 new_record = dataclasses.replace(new_record, inventory=writes.after)
             if intent != record:

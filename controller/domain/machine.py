@@ -114,6 +114,7 @@ class Observation:
     propose_on_failure: bool = False  # open a promote request for a failed canary too
     approval_refused: str | None = None  # the approval is not by an approver / not signed
     judgment_auto: bool = False  # the controller commits the approval or the revert itself
+    adoptable: bool = False  # live stable, not yet the controller's, equals git (adopt: true)
     warmup: float = 0.0
     deadline: float = 0.0
 
@@ -199,6 +200,8 @@ def _decide(record: Record, obs: Observation, now: float) -> Decision:
         if approved:
             return _promote(record, obs, "promote")
         return _canary(record, obs, now, first=True)
+    if obs.adoptable and obs.stable_fingerprint is None:
+        return _promote(record, obs, "adopt")  # already runs git's spec: take it as stable
     if obs.stable_fingerprint == fp:
         return _at_stable(record, obs)
     if obs.stable_previous_fingerprint == fp:
@@ -216,6 +219,8 @@ def _justified(how: str | None, obs: Observation, approved: bool) -> bool:
         return obs.stable_previous_fingerprint == obs.fingerprint
     if how == "direct":
         return obs.bootstrap_direct and (not obs.stable_exists or obs.stable_partly_desired)
+    if how == "adopt":
+        return obs.adoptable
     return False
 
 
@@ -229,7 +234,8 @@ def _promote(record: Record, obs: Observation, how: str) -> Decision:
                                    f"superseded: {_short(obs.revision)} rolled stable back"))
     words = {"promote": "promoting: applying the canary's spec to stable",
              "rollback": "rolling back: stable returns to the spec it ran before",
-             "direct": "deploying straight to stable (bootstrap: direct)"}
+             "direct": "deploying straight to stable (bootstrap: direct)",
+             "adopt": "adopting: the live workloads already run this spec"}
     statuses.append(StatusNote(obs.revision, StatusState.PENDING, words[how]))
     return Decision(
         dataclasses.replace(record, phase=Phase.PROMOTING, promoting=how,
@@ -249,7 +255,9 @@ def _finish_promotion(record: Record, obs: Observation) -> Decision:
                         f"replicas); baseline and canary deleted",
              "rollback": f"rolled back: stable runs {_short(revision)} again "
                          f"({obs.stable_replicas} replicas)",
-             "direct": f"deployed to stable ({obs.stable_replicas} replicas)"}
+             "direct": f"deployed to stable ({obs.stable_replicas} replicas)",
+             "adopt": f"adopted: stable runs {_short(revision)} as it did "
+                      f"({obs.stable_replicas} replicas), managed from now on"}
     used = record.approvals_used
     if record.promoting == "promote" and revision not in used:
         used = (*used, revision)[-USED_APPROVALS_KEPT:]

@@ -95,6 +95,8 @@ class Policy:
     require_signed_approval: bool = False
     analysis: Analysis = field(default_factory=Analysis)
     helm: Helm | None = None  # None: the chart's release is the app, with its own values
+    direct: frozenset[str] = frozenset()  # workloads applied as written, never canaried
+    adopt: bool = False  # take over live objects no other app owns (kubectl, Flux, Argo CD)
 
     @property
     def governance(self) -> tuple[object, ...]:
@@ -267,6 +269,20 @@ def _analysis(file: str, data: Any) -> Analysis:
     return analysis
 
 
+def _direct(file: str, data: Any) -> frozenset[str]:
+    """`workloads: {redis: {canary: false}}`: the workloads applied as written, with stable,
+    never given a baseline and a canary (a datastore, say)."""
+    if data is None:
+        return frozenset()
+    direct = set()
+    for name, settings in data.items():
+        fields = _Fields(file, settings, f"workloads.{name}")
+        if not fields.take("canary", bool, True):
+            direct.add(str(name))
+        fields.done(("canary",))
+    return frozenset(direct)
+
+
 def _helm(file: str, data: Any, app: str) -> Helm | None:
     if data is None:
         return None
@@ -320,6 +336,7 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
                                          f"the canary revision; got {promote!r}")
     approvers = fields.strings("approvers", ())
     helm = _helm(file, fields.take("helm", dict, None), app)
+    direct = _direct(file, fields.take("workloads", dict, None))
     policy = Policy(
         app=app,
         namespace=namespace,
@@ -332,9 +349,12 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
         require_signed_approval=fields.take("requireSignedApproval", bool, False),
         analysis=_analysis(file, fields.take("analysis", dict, None)),
         helm=helm,
+        direct=direct,
+        adopt=fields.take("adopt", bool, False),
     )
     fields.done(("app", "namespace", "percentage", "bootstrap", "manifests", "promote",
-                 "judgment", "approvers", "requireSignedApproval", "analysis", "helm"))
+                 "judgment", "approvers", "requireSignedApproval", "analysis", "helm",
+                 "workloads", "adopt"))
     return policy
 
 

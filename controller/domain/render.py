@@ -25,6 +25,7 @@ from controller.domain.types import (
     ANNOTATION_PREVIOUS_FINGERPRINT,
     ANNOTATION_PREVIOUS_REVISION,
     ANNOTATION_REVISION,
+    ANNOTATION_WORKLOAD_FINGERPRINT,
     LABEL_APP,
     LABEL_VERSION,
     WORKLOAD_KINDS,
@@ -103,33 +104,54 @@ def _template(obj: KubeObject) -> Any:
     return obj.get("spec") if obj["kind"] == "Pod" else (obj.get("spec") or {}).get("template")
 
 
-def fingerprint(manifests: list[Manifest], governance: tuple[object, ...] = ()) -> Fingerprint:
-    """A hash of everything that changes what the app's pods run: workload pod templates and
-    the content of the ConfigMaps/Secrets they read (when the app defines them), plus the
-    policy's governance (who may approve), whose change needs approval like a new image."""
-    objects = {m.key: m.obj for m in manifests}
-    parts: list[Any] = [["governance", list(governance)]] if governance else []
-    for m in sorted(manifests, key=lambda m: m.key):
-        if m.kind not in WORKLOAD_KINDS:
-            continue
-        parts.append([m.key, _template(m.obj)])
-        spec = copy.deepcopy(_template(m.obj) or {})
-        spec = spec if m.kind == "Pod" else spec.get("spec") or {}
-        for kind, holder, field in _config_refs(spec):
-            ref = (kind, m.key[1], str(holder.get(field, "")))
-            if ref in objects:
-                parts.append([ref, _config_content(objects[ref])])
+def _workload_parts(m: Manifest, objects: Mapping[Key, KubeObject]) -> list[Any]:
+    """What a workload's pods run: its pod template and the ConfigMaps/Secrets it reads (when
+    the app defines them)."""
+    parts: list[Any] = [[m.key, _template(m.obj)]]
+    spec = copy.deepcopy(_template(m.obj) or {})
+    spec = spec if m.kind == "Pod" else spec.get("spec") or {}
+    for kind, holder, field in _config_refs(spec):
+        ref = (kind, m.key[1], str(holder.get(field, "")))
+        if ref in objects:
+            parts.append([ref, _config_content(objects[ref])])
+    return parts
+
+
+def _hash(parts: list[Any]) -> Fingerprint:
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return Fingerprint(hashlib.sha256(blob.encode()).hexdigest()[:16])
 
 
-def live_fingerprint(live: Mapping[Key, KubeObject], manifests: list[Manifest]) -> str | None:
-    """The fingerprint stable runs: the one the controller recorded on every stable workload.
-    None when any workload is missing, unrecorded, or they disagree."""
+def canaried(manifests: list[Manifest], direct: frozenset[str] = frozenset()) -> list[Manifest]:
+    """The workloads that get a baseline and a canary when they change: all but those
+    canary.yaml applies directly (`workloads: {name: {canary: false}}`)."""
+    return [m for m in manifests if m.kind in WORKLOAD_KINDS and m.name not in direct]
+
+
+def fingerprint(manifests: list[Manifest], governance: tuple[object, ...] = (),
+                direct: frozenset[str] = frozenset()) -> Fingerprint:
+    """A hash of everything that changes what the app's canaried pods run: their pod
+    templates and the content of the ConfigMaps/Secrets they read, plus the policy's
+    governance (who may approve), whose change needs approval like a new image."""
+    objects = {m.key: m.obj for m in manifests}
+    parts: list[Any] = [["governance", list(governance)]] if governance else []
+    for m in sorted(canaried(manifests, direct), key=lambda m: m.key):
+        parts += _workload_parts(m, objects)
+    return _hash(parts)
+
+
+def workload_fingerprints(manifests: list[Manifest],
+                          direct: frozenset[str] = frozenset()) -> dict[Key, Fingerprint]:
+    objects = {m.key: m.obj for m in manifests}
+    return {m.key: _hash(_workload_parts(m, objects)) for m in canaried(manifests, direct)}
+
+
+def live_fingerprint(live: Mapping[Key, KubeObject], manifests: list[Manifest],
+                     direct: frozenset[str] = frozenset()) -> str | None:
+    """The fingerprint stable runs: the one the controller recorded on every stable workload
+    it canaries. None when any is missing, unrecorded, or they disagree."""
     found = set()
-    for m in manifests:
-        if m.kind not in WORKLOAD_KINDS:
-            continue
+    for m in canaried(manifests, direct):
         obj = live.get(m.key)
         if obj is None:
             return None
@@ -187,6 +209,7 @@ def _annotate(obj: KubeObject, values: Mapping[str, str | None]) -> None:
 @dataclass(frozen=True)
 class Rendered:
     fingerprint: Fingerprint
+    moving: tuple[Key, ...]  # the workloads with a baseline and a canary: those that changed
     passthrough: tuple[KubeObject, ...]  # applied as written, when stable changes
     early: tuple[KubeObject, ...]  # new ConfigMaps/Secrets: a canary may create them first
     deferred: tuple[KubeObject, ...]  # changed ConfigMaps/Secrets pods read: at promotion
@@ -205,9 +228,13 @@ def render(
     live: Mapping[Key, KubeObject],
     revision: str = "",
 ) -> Rendered:
-    """Everything the controller may apply for this app, given the live stable objects."""
-    fp = fingerprint(manifests, policy.governance)
-    workloads = [m for m in manifests if m.kind in WORKLOAD_KINDS]
+    """Everything the controller may apply for this app, given the live stable objects.
+    Only the workloads that changed (their own fingerprint differs from the one their live
+    stable records) get a baseline and a canary; when none did (a governance change, or a
+    stable from before per-workload fingerprints), all of them do."""
+    fp = fingerprint(manifests, policy.governance, policy.direct)
+    workloads = canaried(manifests, policy.direct)
+    own = workload_fingerprints(manifests, policy.direct)
     by_key = {m.key: m.obj for m in manifests}
 
     # ConfigMaps/Secrets that a workload reads, that exist live, and whose content changed.
@@ -220,7 +247,8 @@ def render(
                 changed.add(ref)
 
     passthrough = tuple(_owned(m.obj, policy.app) for m in manifests
-                        if m.kind not in WORKLOAD_KINDS and m.key not in changed)
+                        if (m.kind not in WORKLOAD_KINDS or m.name in policy.direct)
+                        and m.key not in changed)
     deferred = tuple(_owned(by_key[k], policy.app) for k in sorted(changed))
     # A canary may need a ConfigMap or Secret that does not exist yet: nothing stable reads
     # it, so it may go first. Everything else that stable (or its clients) reads waits.
@@ -239,11 +267,17 @@ def render(
             else current.get(ANNOTATION_PREVIOUS_FINGERPRINT),
             ANNOTATION_PREVIOUS_REVISION: current.get(ANNOTATION_REVISION) if moving
             else current.get(ANNOTATION_PREVIOUS_REVISION),
+            ANNOTATION_WORKLOAD_FINGERPRINT: own[m.key],
         })
         stable.append(obj)
 
+    def recorded(key: Key) -> str | None:
+        annotations = ((live.get(key) or {}).get("metadata") or {}).get("annotations") or {}
+        return annotations.get(ANNOTATION_WORKLOAD_FINGERPRINT)
+
+    changing = [m for m in workloads if m.key not in live or recorded(m.key) != own[m.key]]
     baseline, canary = [], []
-    for m in workloads:
+    for m in changing or workloads:
         replicas = variant_replicas(m.obj.get("spec", {}).get("replicas"), policy.percentage)
         if m.key in live:
             base = strip_server_fields(live[m.key])
@@ -264,8 +298,8 @@ def render(
                                         LABEL_APP: policy.app}
         canary.append(config)
 
-    return Rendered(fp, passthrough, early, deferred, tuple(stable), tuple(baseline),
-                    tuple(canary))
+    return Rendered(fp, tuple(m.key for m in changing or workloads), passthrough, early,
+                    deferred, tuple(stable), tuple(baseline), tuple(canary))
 
 
 def _owned(obj: KubeObject, app: str) -> KubeObject:
@@ -292,7 +326,7 @@ def forget_previous(stable: tuple[KubeObject, ...]) -> tuple[KubeObject, ...]:
 
 def first_deployment(policy: Policy, live: Mapping[Key, KubeObject],
                      manifests: list[Manifest]) -> bool:
-    return not any(m.key in live for m in manifests if m.kind in WORKLOAD_KINDS)
+    return not any(m.key in live for m in canaried(manifests, policy.direct))
 
 
 def planned_objects(policy: Policy, manifests: list[Manifest], live: Mapping[Key, KubeObject],
@@ -303,6 +337,6 @@ def planned_objects(policy: Policy, manifests: list[Manifest], live: Mapping[Key
         if policy.bootstrap == "direct":
             return [*rendered.passthrough, *rendered.deferred, *rendered.stable]
         return [*rendered.passthrough, *rendered.canary]
-    if live_fingerprint(live, manifests) == rendered.fingerprint:
+    if live_fingerprint(live, manifests, policy.direct) == rendered.fingerprint:
         return [*rendered.passthrough, *rendered.deferred, *rendered.stable]
     return [*rendered.early, *rendered.baseline, *rendered.canary]

@@ -18,6 +18,9 @@ LABEL_VERSION = "gitops-canary/version"
 LABEL_APP = "gitops-canary/app"
 ANNOTATION_FINGERPRINT = "gitops-canary/fingerprint"
 ANNOTATION_REVISION = "gitops-canary/revision"
+# The workload's own fingerprint (its pod template and the configs it reads): only the
+# workloads whose own fingerprint changed get a baseline and a canary.
+ANNOTATION_WORKLOAD_FINGERPRINT = "gitops-canary/workload-fingerprint"
 ANNOTATION_PREVIOUS_FINGERPRINT = "gitops-canary/previous-fingerprint"
 ANNOTATION_PREVIOUS_REVISION = "gitops-canary/previous-revision"
 

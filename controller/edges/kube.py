@@ -199,6 +199,13 @@ class Kube:
                 field_manager=FIELD_MANAGER, force_conflicts=True,
                 dry_run="All" if dry_run else None, query_params=params))
 
+    def dry_run(self, obj: KubeObject) -> KubeObject:
+        """What the server would make of applying `obj` (defaults filled in), writing
+        nothing."""
+        result = self._apply_one(obj, dry_run=True)
+        found: KubeObject = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        return found
+
     def apply(self, objects: Sequence[KubeObject]) -> None:
         """Apply all or nothing: a dry run of every object first, then the real writes."""
         objects = self.admit(objects)
@@ -209,11 +216,13 @@ class Kube:
             log.info("applied %s", describe(obj))
 
     def claim(self, objects: Sequence[KubeObject], owned: set[Key], adopt_own: bool,
-              app: str) -> None:
+              app: str, adopt: bool = False) -> None:
         """Refuse to take over an object the app did not create: one that exists and is not in
         the app's inventory (`owned`) belongs to another app, another tool or a person. With
         `adopt_own` (a record from before inventories), what the controller's own field
-        manager applied and no other app's label claims is adopted."""
+        manager applied and no other app's label claims is adopted; with `adopt` (canary.yaml
+        asks to take over what kubectl, Flux or Argo CD applied), anything no other app's
+        label claims."""
         for obj in objects:
             if key_of(obj) in owned:
                 continue
@@ -222,13 +231,14 @@ class Kube:
                 continue
             meta = live.get("metadata") or {}
             managers = sorted({m.get("manager", "?") for m in meta.get("managedFields") or []})
-            if adopt_own and FIELD_MANAGER in managers and \
+            if (adopt or (adopt_own and FIELD_MANAGER in managers)) and \
                     (meta.get("labels") or {}).get(LABEL_APP) in (None, app):
                 continue
             owner = (meta.get("labels") or {}).get(LABEL_APP)
             by = f"app {owner}" if owner else ", ".join(managers) or "someone else"
+            hint = "never taken over" if owner else "canary.yaml's adopt: true takes it over"
             raise ForbiddenError(f"{obj['kind']} {key_of(obj)[2]} exists and is not app "
-                                 f"{app}'s (managed by {by}): never taken over")
+                                 f"{app}'s (managed by {by}): {hint}")
 
     def objects(self, owned: Iterable[Owned]) -> list[KubeObject]:
         """The live objects of an inventory (those that still exist), one GET each."""
