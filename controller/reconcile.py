@@ -43,6 +43,7 @@ from controller.domain.render import (
     key_of,
     live_fingerprint,
     render,
+    uncanaried,
     variant_replicas,
 )
 from controller.domain.replay import resume, to_document
@@ -322,6 +323,7 @@ class Reconciler:
             approval_refused=gate.refusal,
             judgment_auto=(governing or policy).judgment == "auto",
             adoptable=policy.adopt and self._adoptable(rendered, workloads, live),
+            uncanaried=uncanaried(manifests),
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )

@@ -115,6 +115,7 @@ class Observation:
     approval_refused: str | None = None  # the approval is not by an approver / not signed
     judgment_auto: bool = False  # the controller commits the approval or the revert itself
     adoptable: bool = False  # live stable, not yet the controller's, equals git (adopt: true)
+    uncanaried: str = ""  # objects that hide a workload (a HelmRelease): applied as written
     warmup: float = 0.0
     deadline: float = 0.0
 
@@ -168,6 +169,12 @@ def advance(record: Record, obs: Observation, now: float) -> Decision:
         # An unauthorised approval changes nothing but the status that says so.
         decision = dataclasses.replace(decision, statuses=(
             *decision.statuses, StatusNote(obs.revision, StatusState.ERROR, refusal)))
+    if obs.uncanaried and obs.problem is None:
+        said = f" ({obs.uncanaried}: applied as written, not canaried)"
+        decision = dataclasses.replace(decision, statuses=tuple(
+            note if note.state is StatusState.ERROR or said in note.description
+            else dataclasses.replace(note, description=note.description + said)
+            for note in decision.statuses))
     new = dataclasses.replace(decision.record, observed_tree=obs.tree)
     if decision.statuses:
         new = dataclasses.replace(new, last_status=decision.statuses[-1])

@@ -122,6 +122,22 @@ def _hash(parts: list[Any]) -> Fingerprint:
     return Fingerprint(hashlib.sha256(blob.encode()).hexdigest()[:16])
 
 
+# Custom resources that run pods through another controller: applied as written, and the
+# status says they are not canaried (their pods are that controller's to roll out).
+HIDDEN_WORKLOADS = frozenset({
+    ("helm.toolkit.fluxcd.io", "HelmRelease"), ("kustomize.toolkit.fluxcd.io", "Kustomization"),
+    ("argoproj.io", "Rollout"), ("argoproj.io", "Application"), ("argoproj.io", "ApplicationSet"),
+    ("serving.knative.dev", "Service"), ("apps.openshift.io", "DeploymentConfig"),
+})
+
+
+def uncanaried(manifests: list[Manifest]) -> str:
+    """The app's objects that hide a workload, named for the status: "HelmRelease podinfo"."""
+    found = [f"{m.kind} {m.name}" for m in manifests
+             if (str(m.obj.get("apiVersion", "")).split("/")[0], m.kind) in HIDDEN_WORKLOADS]
+    return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+
+
 def canaried(manifests: list[Manifest], direct: frozenset[str] = frozenset()) -> list[Manifest]:
     """The workloads that get a baseline and a canary when they change: all but those
     canary.yaml applies directly (`workloads: {name: {canary: false}}`)."""

@@ -264,3 +264,13 @@ def test_the_outbox_is_bounded_when_the_sink_is_down_for_a_day() -> None:
     kept = outbox(notes * 3)
     assert len(kept) == 64
     assert kept[-1] == notes[-1]
+
+
+def test_a_status_says_what_was_applied_without_a_canary() -> None:
+    decision = advance(CANARY, obs(uncanaried="HelmRelease podinfo"), NOW)
+    assert decision.statuses
+    for note in decision.statuses:
+        assert note.description.endswith(
+            " (HelmRelease podinfo: applied as written, not canaried)"), note
+    refused = advance(CANARY, obs(uncanaried="HelmRelease podinfo", problem="bad"), NOW)
+    assert all("not canaried" not in n.description for n in refused.statuses)

@@ -261,3 +261,18 @@ def test_stable_records_the_previous_fingerprint_for_rollback() -> None:
     assert annotations["gitops-canary/previous-fingerprint"] == "old"
     assert annotations["gitops-canary/previous-revision"] == "1111111"
     assert annotations["gitops-canary/revision"] == "2222222"
+
+
+def test_objects_that_hide_a_workload_are_named_for_the_status() -> None:
+    from controller.domain.render import uncanaried
+
+    found = manifests(
+        {"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+         "metadata": {"name": "podinfo"}, "spec": {}},
+        {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+         "spec": {}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {}},
+        {"apiVersion": "example.com/v1", "kind": "Rollout", "metadata": {"name": "other"}})
+    assert uncanaried(found) == "HelmRelease podinfo, Rollout web"
+    assert uncanaried(manifests({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "c"}})) == ""
