@@ -373,16 +373,23 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_input(where: str, command: str) -> tuple[str | None, Any]:
+    """(source name, data) of a JSON file or stdin (-); (None, None) after saying why not."""
+    source = "stdin" if where == "-" else where
+    try:
+        text = sys.stdin.read() if where == "-" else Path(where).read_text()
+        return source, json.loads(text)
+    except (OSError, ValueError) as error:
+        print(f"gitops-canary {command}: {source}: {error}", file=sys.stderr)
+        return None, None
+
+
 def _replay(args: argparse.Namespace) -> int:
     """A document or an array of them; the output follows the input's shape."""
     from controller.domain.replay import parse, replay
 
-    source = "stdin" if args.input == "-" else args.input
-    try:
-        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
-        data = json.loads(text)
-    except (OSError, ValueError) as error:
-        print(f"gitops-canary replay: {source}: {error}", file=sys.stderr)
+    source, data = _json_input(args.input, "replay")
+    if source is None:
         return 2
     many = isinstance(data, list)
     try:
@@ -405,12 +412,8 @@ def _replay(args: argparse.Namespace) -> int:
 def _judge(args: argparse.Namespace) -> int:
     from controller.domain.judge import judge, parse_input, to_json
 
-    source = "stdin" if args.input == "-" else args.input
-    try:
-        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
-        data = json.loads(text)
-    except (OSError, ValueError) as error:
-        print(f"gitops-canary judge: {source}: {error}", file=sys.stderr)
+    source, data = _json_input(args.input, "judge")
+    if source is None:
         return 2
     try:
         metrics, pass_score, marginal_score = parse_input(data, source)

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.domain.policy import _Fields, _kind
+from controller.domain.sequential import Counts  # one class of counts for both judges
 from controller.errors import InputError
 
 KINDS = ("ratio", "samples")
@@ -61,12 +62,6 @@ class Verdict(StrEnum):
 _FAILING = {"higher": {Result.LOW}, "lower": {Result.HIGH}, "either": {Result.HIGH, Result.LOW}}
 # A significantly wider canary is worse for users: it counts as the bad direction.
 _WIDER = {"higher": Result.LOW, "lower": Result.HIGH, "either": Result.HIGH}
-
-
-@dataclass(frozen=True)
-class Counts:
-    good: int
-    total: int
 
 
 @dataclass(frozen=True)
@@ -302,14 +297,14 @@ def _metric_input(source: str, data: object, path: str) -> MetricInput:
         if side not in fields.data:
             raise fields.fail(side, "is required (null means no data)")
         raw, where = fields.data.pop(side), f"{path}.{side}"
-        read = _counts_input if kind == "ratio" else _samples_input
+        read = counts_input if kind == "ratio" else samples_input
         sides.append(None if raw is None else read(source, raw, where))
     fields.done(("name", "kind", "direction", "baseline", "canary", "critical", "weight",
                  "tolerance"))
     return MetricInput(name, kind, direction, sides[0], sides[1], critical, weight, tolerance)
 
 
-def _counts_input(source: str, data: object, path: str) -> Counts:
+def counts_input(source: str, data: object, path: str) -> Counts:
     fields = _Fields(source, data, path)
     good, total = (fields.take(key, (int, float), None) for key in ("good", "total"))
     fields.done(("good", "total"))
@@ -323,7 +318,7 @@ def _counts_input(source: str, data: object, path: str) -> Counts:
     return Counts(int(good), int(total))
 
 
-def _samples_input(source: str, data: object, path: str) -> tuple[float, ...]:
+def samples_input(source: str, data: object, path: str) -> tuple[float, ...]:
     if not isinstance(data, list):
         raise InputError(source, path, f"must be a list of numbers, got {_kind(data)}")
     for i, value in enumerate(data):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.domain import sequential
+from controller.domain.judge import counts_input, samples_input
 from controller.domain.policy import _Fields, _kind
 from controller.domain.sequential import Buckets, Counts, Side, Spec, Step, Verdict
 from controller.errors import InputError
@@ -218,27 +219,10 @@ def _metric(source: str, data: object, path: str) -> tuple[Spec, tuple[Step, ...
 
 def _side(source: str, kind: str, data: object, path: str) -> Side:
     if kind == "ratio":
-        fields = _Fields(source, data, path)
-        good, total = (fields.take(key, (int, float), None) for key in ("good", "total"))
-        fields.done(("good", "total"))
-        for key, value in (("good", good), ("total", total)):
-            if value is None:
-                raise fields.fail(key, "is required")
-            if not float(value).is_integer() or value < 0:
-                raise fields.fail(key, f"must be a whole number of requests, 0 or more; "
-                                       f"got {value}")
-        if good > total:
-            raise fields.fail("good", f"must not exceed total ({total:g}); got {good:g}")
-        return Counts(int(good), int(total))
+        return counts_input(source, data, path)
     if kind == "histogram":
         return _buckets(source, data, path)
-    if not isinstance(data, list):
-        raise InputError(source, path, f"must be a list of numbers, got {_kind(data)}")
-    for i, value in enumerate(data):
-        if isinstance(value, bool) or not isinstance(value, int | float) or \
-                not math.isfinite(value):
-            raise InputError(source, f"{path}[{i}]", f"must be a finite number, got {value!r}")
-    return tuple(float(v) for v in data)
+    return samples_input(source, data, path)
 
 
 def _buckets(source: str, data: object, path: str) -> Buckets:

@@ -416,9 +416,18 @@ def worse_version(story: Story) -> tuple[Step, Step, tuple[str, int], tuple[str,
                   time.monotonic() - pushed, story.success_rates())
     story.say(f"   verdict on {sha[:7]}: {status}")
     story.say(f"   Prometheus, last 20s: {_percent(judged.measured)}")
+    rejected, stable_before, stable_after = _reject(story, sha, found)
+    story.say(f"   baseline and canary deleted; stable untouched (same uid, generation "
+              f"{stable_after[1]}), still SUCCESS_RATE {rejected.rates[APP]}; status: "
+              f"{rejected.status}")
+    return judged, rejected, stable_before, stable_after
+
+
+def _reject(story: Story, sha: str, found: dict[str, client.V1Deployment]
+            ) -> tuple[Step, tuple[str, int], tuple[str, int]]:
+    """`git revert HEAD` of a failed canary: the variants go, stable (uid, generation) stays."""
     before = found[APP]
     stable_before = (str(before.metadata.uid), int(before.metadata.generation))
-
     story.say("   reject: `git revert HEAD`; git push.")
     pushed = time.monotonic()
     revert = story.revert()
@@ -429,10 +438,9 @@ def worse_version(story: Story) -> tuple[Step, Step, tuple[str, int], tuple[str,
     after = found[APP]
     stable_after = (str(after.metadata.uid), int(after.metadata.generation))
     rejected = Step(revert, replicas(found), {n: rate_of(d) for n, d in found.items()}, status,
-                    time.monotonic() - pushed)
-    story.say(f"   baseline and canary deleted; stable untouched (same uid, generation "
-              f"{stable_after[1]}), still SUCCESS_RATE {rejected.rates[APP]}; status: {status}")
-    return judged, rejected, stable_before, stable_after
+                    time.monotonic() - pushed,
+                    latencies={n: latency_of(d) for n, d in found.items()})
+    return rejected, stable_before, stable_after
 
 
 def slower_version(story: Story) -> tuple[Step, Step, tuple[str, int], tuple[str, int]]:
@@ -454,24 +462,10 @@ def slower_version(story: Story) -> tuple[Step, Step, tuple[str, int], tuple[str
     story.say(f"   caught: {caught(status, _objective(story))}")
     p99 = ", ".join(f"{name} {seconds:.3g}s" for name, seconds in story.p99s().items())
     story.say(f"   Prometheus, last 20s: p99 {p99}; {_percent(judged.measured)}")
-    before = found[APP]
-    stable_before = (str(before.metadata.uid), int(before.metadata.generation))
-
-    story.say("   reject: `git revert HEAD`; git push.")
-    pushed = time.monotonic()
-    revert = story.revert()
-    story.wait(lambda: ready(story.deployments(), {APP: 4}), "baseline and canary to go")
-    status = story.wait(lambda: _containing(story.status_of(sha, "failure"), "rejected"),
-                        "the rejected status")
-    found = story.deployments()
-    after = found[APP]
-    stable_after = (str(after.metadata.uid), int(after.metadata.generation))
-    rejected = Step(revert, replicas(found), {n: rate_of(d) for n, d in found.items()}, status,
-                    time.monotonic() - pushed, latencies={n: latency_of(d)
-                                                          for n, d in found.items()})
+    rejected, stable_before, stable_after = _reject(story, sha, found)
     story.say(f"   baseline and canary deleted; stable untouched (same uid, generation "
               f"{stable_after[1]}), still without delay (LATENCY_MS {rejected.latencies[APP]}); "
-              f"status: {status}")
+              f"status: {rejected.status}")
     return judged, rejected, stable_before, stable_after
 
 
