@@ -324,9 +324,15 @@ class Reconciler:
             judgment_auto=(governing or policy).judgment == "auto",
             adoptable=policy.adopt and self._adoptable(rendered, workloads, live),
             uncanaried=uncanaried(manifests),
+            ready_timeout=policy.ready_timeout,
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )
+        started = record.canary_started if record.canary_started is not None else now
+        if record.phase is Phase.PROGRESSING and not observation.variants_ready and \
+                now >= started + policy.ready_timeout:
+            observation = dataclasses.replace(observation, not_ready=self.kube.pod_problems(
+                v for v in variants if v["kind"] in WORKLOAD_KINDS))
         if self.prometheus is not None and analysis_due(record, policy.analysis, now):
             recorded = resume(record.evidence, recording(policy, policy.app, desired.revision))
             since = record.last_analysis or record.ready_at or now

@@ -116,6 +116,8 @@ class Observation:
     judgment_auto: bool = False  # the controller commits the approval or the revert itself
     adoptable: bool = False  # live stable, not yet the controller's, equals git (adopt: true)
     uncanaried: str = ""  # objects that hide a workload (a HelmRelease): applied as written
+    ready_timeout: float = 600.0  # variants not ready this long after their start: failure
+    not_ready: str | None = None  # why, from their pods (read once the timeout has passed)
     warmup: float = 0.0
     deadline: float = 0.0
 
@@ -325,7 +327,16 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
     record = dataclasses.replace(record, canary_revision=obs.revision, first_deployment=first)
     if record.phase is Phase.PROGRESSING:
         if not obs.variants_ready:
-            return Decision(record, actions)
+            started = record.canary_started if record.canary_started is not None else now
+            if now < started + obs.ready_timeout:
+                return Decision(record, actions)
+            # Never ready (unschedulable, image pull, crash loop): a verdict, not a wait.
+            what = "canary" if first else "baseline and canary"
+            return Decision(dataclasses.replace(record, phase=Phase.FAILED),
+                            (*actions, *((Action.COMMIT_REVERT,) if obs.judgment_auto else ())),
+                            (StatusNote(obs.revision, StatusState.FAILURE,
+                                        f"{what} not ready after {obs.ready_timeout:g}s: "
+                                        f"{obs.not_ready or 'no reason reported'}"),))
         if first:
             return Decision(dataclasses.replace(record, phase=Phase.AWAITING),
                             (*actions, Action.PROPOSE_PROMOTION),
@@ -344,9 +355,9 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
                         f"canary ready: analysis starts after a {obs.warmup:g}s warm-up"),))
     if record.phase is Phase.ANALYZING and obs.analysis is not None:
         return _judged(record, obs, obs.analysis, now, actions)
-    if obs.judgment_auto and record.analysis is not None:
+    if obs.judgment_auto:
         # Until git says so (the commit may have lost a race with another push): again.
-        if record.phase is Phase.AWAITING:
+        if record.phase is Phase.AWAITING and record.analysis is not None:
             actions = (*actions, Action.COMMIT_APPROVAL)
         elif record.phase is Phase.FAILED:
             actions = (*actions, Action.COMMIT_REVERT)

@@ -97,6 +97,7 @@ class Policy:
     helm: Helm | None = None  # None: the chart's release is the app, with its own values
     direct: frozenset[str] = frozenset()  # workloads applied as written, never canaried
     adopt: bool = False  # take over live objects no other app owns (kubectl, Flux, Argo CD)
+    ready_timeout: int = 600  # seconds for baseline and canary to become ready, or a failure
 
     @property
     def governance(self) -> tuple[object, ...]:
@@ -351,10 +352,11 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
         helm=helm,
         direct=direct,
         adopt=fields.take("adopt", bool, False),
+        ready_timeout=fields.duration("readyTimeout", 600),
     )
     fields.done(("app", "namespace", "percentage", "bootstrap", "manifests", "promote",
                  "judgment", "approvers", "requireSignedApproval", "analysis", "helm",
-                 "workloads", "adopt"))
+                 "workloads", "adopt", "readyTimeout"))
     return policy
 
 

@@ -287,6 +287,30 @@ class Kube:
         obj: KubeObject = found.to_dict()
         return obj
 
+    def pod_problems(self, workloads: Iterable[KubeObject]) -> str | None:
+        """Why the workloads' pods are not ready, in the words of the scheduler and the
+        kubelet: "0/2 nodes are available: 2 node(s) didn't have free ports ...", an image
+        that cannot be pulled, a container that keeps crashing. None when nothing says."""
+        said: list[str] = []
+        for obj in workloads:
+            meta = obj.get("metadata") or {}
+            labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            pods: list[KubeObject] = [obj] if obj.get("kind") == "Pod" else \
+                self._pods(str(meta.get("namespace") or ""), labels)
+            for pod in pods:
+                for reason in _pod_problems(pod):
+                    if reason not in said:
+                        said.append(reason)
+        return "; ".join(said[:2]) if said else None
+
+    def _pods(self, namespace: str, labels: dict[str, str]) -> list[KubeObject]:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        res = self.resource("v1", "Pod")
+        listed = _translate(f"listing pods {selector}", lambda: self.dynamic.get(
+            res, namespace=namespace or None, label_selector=selector, limit=20))
+        pods: list[KubeObject] = listed.to_dict().get("items") or []
+        return pods
+
     def variants(self, namespace: str, app: str) -> list[KubeObject]:
         """Variants found by label, for records from before inventories (Secrets are not
         listed: the controller may read only the Secrets it names)."""
@@ -432,6 +456,28 @@ def record_from_json(text: str) -> Record:
     values["inventory"] = None if inventory is None else tuple(
         Owned(**{k: str(v) for k, v in o.items()}) for o in inventory)
     return Record(**values)
+
+
+def _pod_problems(pod: KubeObject) -> list[str]:
+    """A pod's reasons for not being ready."""
+    status = pod.get("status") or {}
+    found = []
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            found.append(str(condition.get("message") or condition.get("reason") or
+                             "unschedulable"))
+    for container in [*(status.get("initContainerStatuses") or []),
+                      *(status.get("containerStatuses") or [])]:
+        state = container.get("state") or {}
+        waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+        if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating",
+                                                               "PodInitializing"):
+            found.append(f"{container.get('name')}: {waiting['reason']}"
+                         + (f" ({waiting['message']})" if waiting.get("message") else ""))
+        elif terminated.get("reason") and terminated.get("exitCode"):
+            found.append(f"{container.get('name')}: {terminated['reason']} (exit "
+                         f"{terminated['exitCode']})")
+    return found
 
 
 def rollout_ready(obj: KubeObject | None) -> bool:

@@ -274,3 +274,22 @@ def test_a_status_says_what_was_applied_without_a_canary() -> None:
             " (HelmRelease podinfo: applied as written, not canaried)"), note
     refused = advance(CANARY, obs(uncanaried="HelmRelease podinfo", problem="bad"), NOW)
     assert all("not canaried" not in n.description for n in refused.statuses)
+
+
+def test_variants_never_ready_fail_at_the_ready_timeout_with_the_reason() -> None:
+    started = dataclasses.replace(CANARY, canary_started=NOW)
+    waiting = obs(variants_present=True, variants_fingerprint=NEW, variants_ready=False,
+                  ready_timeout=600)
+    assert advance(started, waiting, NOW + 599).record.phase is Phase.PROGRESSING
+    reason = "0/2 nodes are available: 2 node(s) didn't have free ports"
+    failed = advance(started, dataclasses.replace(waiting, not_ready=reason), NOW + 600)
+    assert failed.record.phase is Phase.FAILED
+    (note,) = failed.statuses
+    assert (note.state, note.description) == (
+        StatusState.FAILURE, f"baseline and canary not ready after 600s: {reason}")
+    auto = advance(started, dataclasses.replace(waiting, judgment_auto=True), NOW + 600)
+    assert Action.COMMIT_REVERT in auto.actions
+    assert "no reason reported" in auto.statuses[0].description
+    # With judgment: auto the revert is asked again until git says so.
+    again = advance(auto.record, dataclasses.replace(waiting, judgment_auto=True), NOW + 700)
+    assert Action.COMMIT_REVERT in again.actions
