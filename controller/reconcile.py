@@ -128,6 +128,19 @@ class Claims:
         self._owners.setdefault(app, path)
 
 
+def _running(live: KubeObject | None, desired: object) -> int:
+    """The replicas a stable workload has, as statuses report them: a DaemonSet's scheduled
+    pods, an autoscaled Deployment's current size; git's number before it exists."""
+    if live is None:
+        return 1 if desired is None else int(str(desired))
+    status, spec = live.get("status") or {}, live.get("spec") or {}
+    if live.get("kind") == "DaemonSet":
+        return int(status.get("desiredNumberScheduled") or 0)
+    if live.get("kind") == "Pod":
+        return 1
+    return int(spec.get("replicas", 1))
+
+
 class Reconciler:
     def __init__(self, source: GitSource, kube: Kube, sink: StatusSink,
                  prometheus: Prometheus | None = None,
@@ -310,14 +323,17 @@ class Reconciler:
             stable_previous_fingerprint=previous.pop() if len(previous) == 1 else None,
             stable_partly_desired=not moving,
             stable_ready=bool(stable) and all(rollout_ready(s) for s in stable),
-            stable_replicas=sum(1 if r is None else int(r) for r in replicas),
+            stable_replicas=sum(_running(s, r) for s, r in zip(stable, replicas, strict=True)),
             variants_present=bool(variants),
             variants_fingerprint=(canaries[0]["metadata"].get("annotations") or {}).get(
                 ANNOTATION_FINGERPRINT) if canaries else None,
             variants_ready=bool(canaries) and all(rollout_ready(v) for v in variants
                                                   if v["kind"] in WORKLOAD_KINDS),
-            variant_replicas=variant_replicas(judged_replicas[0] if judged_replicas else None,
-                                              policy.percentage),
+            variant_replicas=next((int(o["spec"]["replicas"]) for o in rendered.canary
+                                   if o["kind"] in WORKLOAD_KINDS
+                                   and "replicas" in (o.get("spec") or {})),
+                                  variant_replicas(judged_replicas[0] if judged_replicas
+                                                   else None, policy.percentage)),
             analysis_enabled=self.prometheus is not None,
             propose_on_failure=self.propose_on_failure,
             approval_refused=gate.refusal,
@@ -325,6 +341,7 @@ class Reconciler:
             adoptable=policy.adopt and self._adoptable(rendered, workloads, live),
             uncanaried=uncanaried(manifests),
             ready_timeout=policy.ready_timeout,
+            bare_pods=any(m.kind == "Pod" for m in workloads),
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )

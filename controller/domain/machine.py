@@ -117,6 +117,7 @@ class Observation:
     adoptable: bool = False  # live stable, not yet the controller's, equals git (adopt: true)
     uncanaried: str = ""  # objects that hide a workload (a HelmRelease): applied as written
     ready_timeout: float = 600.0  # variants not ready this long after their start: failure
+    bare_pods: bool = False  # stable has bare Pods: a new spec replaces them (delete, create)
     not_ready: str | None = None  # why, from their pods (read once the timeout has passed)
     warmup: float = 0.0
     deadline: float = 0.0
@@ -260,8 +261,9 @@ def _finish_promotion(record: Record, obs: Observation) -> Decision:
     if not obs.stable_ready:
         return Decision(record)
     revision = record.canary_revision or obs.revision
+    replaced = "; its pods replaced (deleted and created)" if obs.bare_pods else ""
     words = {"promote": f"promoted: stable runs {_short(revision)} ({obs.stable_replicas} "
-                        f"replicas); baseline and canary deleted",
+                        f"replicas){replaced}; baseline and canary deleted",
              "rollback": f"rolled back: stable runs {_short(revision)} again "
                          f"({obs.stable_replicas} replicas)",
              "direct": f"deployed to stable ({obs.stable_replicas} replicas)",

@@ -262,7 +262,8 @@ def render(
                     _config_content(by_key[ref]) != _config_content(live[ref]):
                 changed.add(ref)
 
-    passthrough = tuple(_owned(m.obj, policy.app) for m in manifests
+    passthrough = tuple(_without_variants(_owned(m.obj, policy.app), workloads)
+                        for m in manifests
                         if (m.kind not in WORKLOAD_KINDS or m.name in policy.direct)
                         and m.key not in changed)
     deferred = tuple(_owned(by_key[k], policy.app) for k in sorted(changed))
@@ -293,8 +294,12 @@ def render(
 
     changing = [m for m in workloads if m.key not in live or recorded(m.key) != own[m.key]]
     baseline, canary = [], []
+    scaled = _autoscaled(manifests)
     for m in changing or workloads:
-        replicas = variant_replicas(m.obj.get("spec", {}).get("replicas"), policy.percentage)
+        desired = m.obj.get("spec", {}).get("replicas")
+        if m.key in scaled and m.key in live:  # an HPA drives stable: its size now counts
+            desired = (live[m.key].get("spec") or {}).get("replicas", desired)
+        replicas = variant_replicas(desired, policy.percentage)
         if m.key in live:
             base = strip_server_fields(live[m.key])
             _label_variant(base, Variant.BASELINE, policy.app, replicas)
@@ -316,6 +321,39 @@ def render(
 
     return Rendered(fp, tuple(m.key for m in changing or workloads), passthrough, early,
                     deferred, tuple(stable), tuple(baseline), tuple(canary))
+
+
+def _autoscaled(manifests: list[Manifest]) -> set[Key]:
+    """The workloads an HPA of the app scales (scaleTargetRef, in the HPA's namespace)."""
+    found = set()
+    for m in manifests:
+        if m.kind == "HorizontalPodAutoscaler":
+            ref = (m.obj.get("spec") or {}).get("scaleTargetRef") or {}
+            if isinstance(ref, dict) and ref.get("kind") and ref.get("name"):
+                found.add((str(ref["kind"]), m.key[1], str(ref["name"])))
+    return found
+
+
+def _without_variants(obj: KubeObject, workloads: list[Manifest]) -> KubeObject:
+    """A PodDisruptionBudget of the app's pods counts stable alone: variant pods carry the
+    same labels (the Service must select them), and counted they would let a drain evict
+    stable pods the budget protects. It gets `gitops-canary/version DoesNotExist`."""
+    if obj.get("kind") != "PodDisruptionBudget":
+        return obj
+    selector = (obj.get("spec") or {}).get("selector")
+    if not isinstance(selector, dict) or not isinstance(selector.get("matchLabels") or {}, dict):
+        return obj
+    wanted = selector.get("matchLabels") or {}
+    namespace = (obj.get("metadata") or {}).get("namespace", "")
+    pods = [((m.obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+            for m in workloads if m.key[1] == namespace and m.kind != "Pod"]
+    if not wanted or not any(wanted.items() <= (p.get("labels") or {}).items() for p in pods):
+        return obj
+    expressions = [e for e in selector.get("matchExpressions") or []
+                   if not (isinstance(e, dict) and e.get("key") == LABEL_VERSION)]
+    obj["spec"]["selector"] = {**selector, "matchExpressions": [
+        *expressions, {"key": LABEL_VERSION, "operator": "DoesNotExist"}]}
+    return obj
 
 
 def _owned(obj: KubeObject, app: str) -> KubeObject:

@@ -58,6 +58,7 @@ QUARANTINED_FROM = "gitops-canary/quarantined-from"
 # (connect, read) seconds. A list of a few hundred records or a dry-run apply answers in well
 # under a second; 30 s of silence is an outage, not a slow answer.
 REQUEST_TIMEOUT = (5.0, 30.0)
+POD_IMMUTABLE = "pod updates may not change fields"
 # One per-call attempt for reads too: urllib3's default (3 retries) would make a hung server
 # cost four read timeouts per GET. Connection failures are retried twice, quickly.
 RETRIES = urllib3.Retry(total=2, connect=2, read=0, redirect=0, backoff_factor=0.2)
@@ -207,13 +208,35 @@ class Kube:
         return found
 
     def apply(self, objects: Sequence[KubeObject]) -> None:
-        """Apply all or nothing: a dry run of every object first, then the real writes."""
+        """Apply all or nothing: a dry run of every object first, then the real writes.
+
+        A bare Pod cannot change its spec in place (only its images): one whose new spec the
+        server refuses is replaced — deleted, and created again by the apply that follows once
+        it is gone (a TransientError until then, so the caller's retry finishes it)."""
         objects = self.admit(objects)
+        replaced = []
         for obj in objects:
-            self._apply_one(obj, dry_run=True)
+            try:
+                self._apply_one(obj, dry_run=True)
+            except ApiError as error:
+                if obj["kind"] != "Pod" or POD_IMMUTABLE not in str(error):
+                    raise
+                replaced.append(obj)
+            except TransientError as error:
+                if obj["kind"] != "Pod" or "being deleted" not in str(error):
+                    raise
+                replaced.append(obj)  # still terminating from an earlier replacement
         for obj in objects:
+            if obj in replaced:
+                continue
             self._apply_one(obj, dry_run=False)
             log.info("applied %s", describe(obj))
+        for obj in replaced:
+            self.delete(key_of(obj))
+            log.info("replacing %s: deleted, to be created with its new spec", describe(obj))
+        if replaced:
+            raise TransientError(f"replacing {', '.join(map(describe, replaced))} (a pod's spec "
+                                 f"changes by delete and create): created once deleted")
 
     def claim(self, objects: Sequence[KubeObject], owned: set[Key], adopt_own: bool,
               app: str, adopt: bool = False) -> None:

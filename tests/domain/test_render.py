@@ -276,3 +276,31 @@ def test_objects_that_hide_a_workload_are_named_for_the_status() -> None:
     assert uncanaried(found) == "HelmRelease podinfo, Rollout web"
     assert uncanaried(manifests({"apiVersion": "v1", "kind": "ConfigMap",
                                  "metadata": {"name": "c"}})) == ""
+
+
+def test_a_pdb_of_the_apps_pods_counts_stable_alone() -> None:
+    pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+           "metadata": {"name": "sampleapp"},
+           "spec": {"minAvailable": 3, "selector": {"matchLabels": {"app": "sampleapp"}}}}
+    other = {**copy.deepcopy(pdb), "metadata": {"name": "others"},
+             "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "redis"}}}}
+    rendered = render(POLICY, manifests(deployment(rate="20"), pdb, other),
+                      live_of(deployment()))
+    by_name = {o["metadata"]["name"]: o for o in rendered.passthrough}
+    assert by_name["sampleapp"]["spec"]["selector"] == {
+        "matchLabels": {"app": "sampleapp"},
+        "matchExpressions": [{"key": LABEL_VERSION, "operator": "DoesNotExist"}]}
+    assert by_name["others"]["spec"]["selector"] == {"matchLabels": {"app": "redis"}}
+
+
+def test_an_autoscaled_workloads_variants_follow_stables_current_size() -> None:
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": "sampleapp"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                       "name": "sampleapp"}, "minReplicas": 2,
+                    "maxReplicas": 20}}
+    live = live_of(deployment())
+    live[("Deployment", "demo", "sampleapp")]["spec"]["replicas"] = 12  # the HPA scaled it
+    rendered = render(POLICY, manifests(deployment(rate="20"), hpa), live)
+    assert [o["spec"]["replicas"] for o in rendered.canary] == [3]  # 25% of 12, not of 4
+    assert [o["spec"]["replicas"] for o in rendered.baseline] == [3]
