@@ -257,18 +257,24 @@ def _brown_forsythe(base: Floats, can: Floats) -> tuple[float | None, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def parse_input(data: object, source: str) -> tuple[list[MetricInput], float, float]:
-    """Read saved metric data (`gitops-canary judge --input`): (metrics, pass, marginal)."""
-    top = _Fields(source, data, "")
-    raw_metrics = top.take("metrics", list, None)
-    thresholds = _Fields(source, top.take("thresholds", dict, {}), "thresholds")
-    top.done(("metrics", "thresholds"))
+def thresholds_input(source: str, data: object) -> tuple[float, float]:
+    """(pass, marginal) score thresholds of saved data, canary.yaml's defaults when absent."""
+    thresholds = _Fields(source, data, "thresholds")
     pass_score = float(thresholds.take("pass", (int, float), 95))
     marginal_score = float(thresholds.take("marginal", (int, float), 75))
     thresholds.done(("pass", "marginal"))
     if not 0 <= marginal_score <= pass_score <= 100:
         raise InputError(source, "thresholds",
                          f"need 0 <= marginal ({marginal_score:g}) <= pass ({pass_score:g}) <= 100")
+    return pass_score, marginal_score
+
+
+def parse_input(data: object, source: str) -> tuple[list[MetricInput], float, float]:
+    """Read saved metric data (`gitops-canary judge --input`): (metrics, pass, marginal)."""
+    top = _Fields(source, data, "")
+    raw_metrics = top.take("metrics", list, None)
+    pass_score, marginal_score = thresholds_input(source, top.take("thresholds", dict, {}))
+    top.done(("metrics", "thresholds"))
     if not raw_metrics:
         raise InputError(source, "metrics", "needs at least one metric")
     metrics = [_metric_input(source, m, f"metrics[{i}]") for i, m in enumerate(raw_metrics)]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.domain import sequential
-from controller.domain.judge import counts_input, samples_input
+from controller.domain.judge import counts_input, samples_input, thresholds_input
 from controller.domain.policy import _Fields, _kind
 from controller.domain.sequential import Buckets, Counts, Side, Spec, Step, Verdict
 from controller.errors import InputError
@@ -136,13 +136,7 @@ def parse(data: object, source: str) -> Recorded:
     top = _Fields(source, data, "")
     interval = _seconds(top, "interval", 30)
     deadline = _seconds(top, "deadline", 1800)
-    thresholds = _Fields(source, top.take("thresholds", dict, {}), "thresholds")
-    pass_score = float(thresholds.take("pass", (int, float), 95))
-    marginal_score = float(thresholds.take("marginal", (int, float), 75))
-    thresholds.done(("pass", "marginal"))
-    if not 0 <= marginal_score <= pass_score <= 100:
-        raise InputError(source, "thresholds",
-                         f"need 0 <= marginal ({marginal_score:g}) <= pass ({pass_score:g}) <= 100")
+    pass_score, marginal_score = thresholds_input(source, top.take("thresholds", dict, {}))
     raw = top.take("metrics", list, None)
     if not raw:
         raise InputError(source, "metrics", "needs at least one metric")
