@@ -43,6 +43,7 @@ from controller.domain.render import (
     key_of,
     live_fingerprint,
     render,
+    stateful_refusal,
     uncanaried,
     variant_replicas,
 )
@@ -342,6 +343,7 @@ class Reconciler:
             uncanaried=uncanaried(manifests),
             ready_timeout=policy.ready_timeout,
             bare_pods=any(m.kind == "Pod" for m in workloads),
+            variants_refused=stateful_refusal(policy, manifests, rendered.moving),
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )

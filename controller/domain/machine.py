@@ -118,6 +118,7 @@ class Observation:
     uncanaried: str = ""  # objects that hide a workload (a HelmRelease): applied as written
     ready_timeout: float = 600.0  # variants not ready this long after their start: failure
     bare_pods: bool = False  # stable has bare Pods: a new spec replaces them (delete, create)
+    variants_refused: str | None = None  # why the changed workloads may not get variants
     not_ready: str | None = None  # why, from their pods (read once the timeout has passed)
     warmup: float = 0.0
     deadline: float = 0.0
@@ -301,6 +302,9 @@ def _at_stable(record: Record, obs: Observation) -> Decision:
 
 
 def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decision:
+    if obs.variants_refused is not None:  # shared state: nothing applied, said once
+        note = StatusNote(obs.revision, StatusState.ERROR, obs.variants_refused)
+        return Decision(record) if record.last_status == note else Decision(record, (), (note,))
     statuses: list[StatusNote] = []
     deployed = obs.variants_present and obs.variants_fingerprint == obs.fingerprint
     if not deployed or record.canary_fingerprint != obs.fingerprint:

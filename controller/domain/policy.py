@@ -96,6 +96,7 @@ class Policy:
     analysis: Analysis = field(default_factory=Analysis)
     helm: Helm | None = None  # None: the chart's release is the app, with its own values
     direct: frozenset[str] = frozenset()  # workloads applied as written, never canaried
+    stateful: frozenset[str] = frozenset()  # workloads whose variants may share state (opt-in)
     adopt: bool = False  # take over live objects no other app owns (kubectl, Flux, Argo CD)
     ready_timeout: int = 600  # seconds for baseline and canary to become ready, or a failure
 
@@ -270,18 +271,21 @@ def _analysis(file: str, data: Any) -> Analysis:
     return analysis
 
 
-def _direct(file: str, data: Any) -> frozenset[str]:
-    """`workloads: {redis: {canary: false}}`: the workloads applied as written, with stable,
-    never given a baseline and a canary (a datastore, say)."""
+def _workloads(file: str, data: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """`workloads: {redis: {canary: false}, db: {stateful: true}}`: the workloads applied as
+    written, with stable, never given a baseline and a canary (a datastore, say); and those
+    whose variants may share a ReadWriteOnce claim or join a headless Service's cluster."""
     if data is None:
-        return frozenset()
-    direct = set()
+        return frozenset(), frozenset()
+    direct, stateful = set(), set()
     for name, settings in data.items():
         fields = _Fields(file, settings, f"workloads.{name}")
         if not fields.take("canary", bool, True):
             direct.add(str(name))
-        fields.done(("canary",))
-    return frozenset(direct)
+        if fields.take("stateful", bool, False):
+            stateful.add(str(name))
+        fields.done(("canary", "stateful"))
+    return frozenset(direct), frozenset(stateful)
 
 
 def _helm(file: str, data: Any, app: str) -> Helm | None:
@@ -337,7 +341,7 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
                                          f"the canary revision; got {promote!r}")
     approvers = fields.strings("approvers", ())
     helm = _helm(file, fields.take("helm", dict, None), app)
-    direct = _direct(file, fields.take("workloads", dict, None))
+    direct, stateful = _workloads(file, fields.take("workloads", dict, None))
     policy = Policy(
         app=app,
         namespace=namespace,
@@ -351,6 +355,7 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
         analysis=_analysis(file, fields.take("analysis", dict, None)),
         helm=helm,
         direct=direct,
+        stateful=stateful,
         adopt=fields.take("adopt", bool, False),
         ready_timeout=fields.duration("readyTimeout", 600),
     )

@@ -213,6 +213,9 @@ def _label_variant(obj: KubeObject, variant: Variant, app: str, replicas: int | 
     spec["template"] = template
     if obj["kind"] not in NO_REPLICAS and replicas is not None:
         spec["replicas"] = replicas
+    if obj["kind"] == "StatefulSet":  # a variant's claims go with it: none is reused later
+        spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Delete",
+                                                        "whenScaled": "Delete"}
 
 
 def _annotate(obj: KubeObject, values: Mapping[str, str | None]) -> None:
@@ -321,6 +324,40 @@ def render(
 
     return Rendered(fp, tuple(m.key for m in changing or workloads), passthrough, early,
                     deferred, tuple(stable), tuple(baseline), tuple(canary))
+
+
+SHARABLE = frozenset({"ReadWriteMany", "ReadOnlyMany"})
+
+
+def stateful_refusal(policy: Policy, manifests: list[Manifest],
+                     moving: tuple[Key, ...]) -> str | None:
+    """Why the changed workloads may not get variants, unless canary.yaml opts in
+    (`workloads: {name: {stateful: true}}`): a claim stable mounts that only one node may
+    use (ReadWriteOnce, or not in the app: unknown), or a headless Service whose members form
+    a cluster (a database ring the variants would join)."""
+    modes = {(m.key[1], m.name): list((m.obj.get("spec") or {}).get("accessModes") or [])
+             for m in manifests if m.kind == "PersistentVolumeClaim"}
+    headless = {(m.key[1], m.name) for m in manifests if m.kind == "Service"
+                and (m.obj.get("spec") or {}).get("clusterIP") == "None"}
+    for m in manifests:
+        if m.key not in moving or m.name in policy.stateful:
+            continue
+        for volume in pod_spec(copy.deepcopy(m.obj)).get("volumes") or []:
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim is None:
+                continue
+            found = modes.get((m.key[1], str(claim)))
+            if found is None or not SHARABLE & set(found):
+                mode = "/".join(found) if found else "mode unknown: not in the app"
+                return (f"{m.source}: {m.kind} {m.name} mounts the claim {claim} ({mode}): its "
+                        f"variants would share it with stable; workloads: {{{m.name}: "
+                        f"{{stateful: true}}}} allows it")
+        service = (m.obj.get("spec") or {}).get("serviceName")
+        if m.kind == "StatefulSet" and (m.key[1], str(service)) in headless:
+            return (f"{m.source}: StatefulSet {m.name} belongs to the headless Service "
+                    f"{service}: its variants would join stable's cluster; workloads: "
+                    f"{{{m.name}: {{stateful: true}}}} allows it")
+    return None
 
 
 def _autoscaled(manifests: list[Manifest]) -> set[Key]:

@@ -293,3 +293,12 @@ def test_variants_never_ready_fail_at_the_ready_timeout_with_the_reason() -> Non
     # With judgment: auto the revert is asked again until git says so.
     again = advance(auto.record, dataclasses.replace(waiting, judgment_auto=True), NOW + 700)
     assert Action.COMMIT_REVERT in again.actions
+
+
+def test_variants_refused_for_shared_state_say_why_once_and_apply_nothing() -> None:
+    why = "apps/db/db.yml#1: StatefulSet db belongs to the headless Service db: ..."
+    refused = advance(Record(APP, stable_revision=R1), obs(variants_refused=why), NOW)
+    assert refused.actions == ()
+    assert [(n.state, n.description) for n in refused.statuses] == [(StatusState.ERROR, why)]
+    again = advance(refused.record, obs(variants_refused=why), NOW + 30)
+    assert (again.actions, again.statuses) == ((), ())

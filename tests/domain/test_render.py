@@ -304,3 +304,57 @@ def test_an_autoscaled_workloads_variants_follow_stables_current_size() -> None:
     rendered = render(POLICY, manifests(deployment(rate="20"), hpa), live)
     assert [o["spec"]["replicas"] for o in rendered.canary] == [3]  # 25% of 12, not of 4
     assert [o["spec"]["replicas"] for o in rendered.baseline] == [3]
+
+
+def statefulset(rate: str = "10", claim: str | None = None) -> dict[str, Any]:
+    sts = deployment(rate=rate, name="db")
+    sts["kind"] = "StatefulSet"
+    sts["spec"]["serviceName"] = "db"
+    if claim:
+        sts["spec"]["template"]["spec"]["volumes"] = [
+            {"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
+    return sts
+
+
+def claim(name: str, *modes: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": list(modes), "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+HEADLESS = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+            "spec": {"clusterIP": "None", "selector": {"app": "db"}}}
+
+
+@pytest.mark.parametrize(("objects", "opt_in", "words"), [
+    ([statefulset(claim="data"), claim("data", "ReadWriteOnce")], False,
+     "StatefulSet db mounts the claim data (ReadWriteOnce): its variants would share it"),
+    ([statefulset(claim="data")], False, "mounts the claim data (mode unknown: not in the app)"),
+    ([statefulset(claim="data"), claim("data", "ReadWriteMany")], False, None),
+    ([statefulset(), HEADLESS], False,
+     "StatefulSet db belongs to the headless Service db: its variants would join"),
+    ([statefulset(claim="data"), claim("data", "ReadWriteOnce"), HEADLESS], True, None),
+    ([statefulset(), SERVICE], False, None),
+])
+def test_variants_sharing_state_are_refused_unless_opted_in(
+        objects: list[dict[str, Any]], opt_in: bool, words: str | None) -> None:
+    from controller.domain.render import stateful_refusal
+
+    policy = Policy(app="sampleapp", namespace="demo",
+                    stateful=frozenset({"db"}) if opt_in else frozenset())
+    found = manifests(*objects, policy=policy)
+    moving = render(policy, found, {}).moving
+    refusal = stateful_refusal(policy, found, moving)
+    if words is None:
+        assert refusal is None
+    else:
+        assert refusal is not None
+        assert words in refusal
+        assert "workloads: {db: {stateful: true}} allows it" in refusal
+
+
+def test_statefulset_variants_take_their_claims_with_them() -> None:
+    rendered = render(POLICY, manifests(statefulset(rate="20")), live_of(statefulset()))
+    for variant in (*rendered.baseline, *rendered.canary):
+        assert variant["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": "Delete", "whenScaled": "Delete"}
+    assert "persistentVolumeClaimRetentionPolicy" not in rendered.stable[0]["spec"]
