@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="poll interval (default 30s); local paths also wake on new commits")
     run.add_argument("--workdir", type=Path, default=None,
                      help="folder of the controller's git mirror (default: under ~/.cache)")
+    run.add_argument("--prune", choices=("true", "false"),
+                     default=os.environ.get("GITOPS_CANARY_PRUNE", "true"),
+                     help="delete what an app applied once git no longer has it, and an app "
+                          "whose folder left git (default: %(default)s; per app: prune: false)")
     run.add_argument("--namespaces", default=os.environ.get("GITOPS_CANARY_NAMESPACES"),
                      help="comma-separated namespaces apps may use (default: all)")
     run.add_argument("--allow-cluster-kind", action="append", default=[], metavar="KIND",
@@ -252,6 +256,7 @@ def _run(args: argparse.Namespace) -> int:
     sink, promotions, forge_approvers = _forge(args, source)
     reconciler = Reconciler(source, kube, sink, _prometheus(args), promotions=promotions,
                             tools=Tools.found(args.kustomize, args.helm),
+                            prune=args.prune == "true",
                             propose_on_failure=args.promote_pr == "always",
                             allowed_signers=args.allowed_signers,
                             forge_approvers=forge_approvers)

@@ -128,6 +128,9 @@ class Claims:
     def take(self, app: AppName, path: str) -> None:
         self._owners.setdefault(app, path)
 
+    def taken(self, app: AppName) -> bool:
+        return app in self._owners
+
 
 def _running(live: KubeObject | None, desired: object) -> int:
     """The replicas a stable workload has, as statuses report them: a DaemonSet's scheduled
@@ -150,8 +153,9 @@ class Reconciler:
                  propose_on_failure: bool = False,
                  allowed_signers: Path | None = None,
                  forge_approvers: ForgeApprovers | None = None,
-                 tools: Tools | None = None) -> None:
+                 tools: Tools | None = None, prune: bool = True) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
+        self.prune = prune  # False (--prune=false): nothing is ever deleted for leaving git
         self.prometheus = prometheus
         self.promotions, self.propose_on_failure = promotions, propose_on_failure
         self.reader = AppReader(source, tools)
@@ -172,20 +176,45 @@ class Reconciler:
         folders = self.source.apps(head)
         claims = Claims(records, {f.path for f in folders})
         outcomes = []
+        complete = True  # every folder reconciled: only then may a missing one be pruned
         for folder in folders:
             crash = self._crashes.get(folder.path)
             if crash is not None and crash.tree == folder.inputs and \
                     time.monotonic() < crash.retry_at:
+                complete = False
                 continue  # backing off; a new commit to the folder retries at once
             try:
                 outcome = self._reconcile_app(head, folder, records, claims)
             except Exception as error:  # one app's failure is that app's, never the loop's
                 self._crashed(head, folder, error)
+                complete = False
                 continue
             self._crashes.pop(folder.path, None)
             if outcome is not None:
                 outcomes.append(outcome)
+        if self.prune and complete:
+            paths = {f.path for f in folders}
+            for record in records.values():
+                # A folder moved elsewhere took its app along this pass: not removed.
+                if record.path is not None and record.path not in paths and \
+                        not claims.taken(record.app):
+                    self._removed(head, record)
         return Result(head, tuple(outcomes))
+
+    def _removed(self, head: Sha, record: Record) -> None:
+        """An app folder gone from git: the objects its inventory names (and that no other
+        app's label claims) are deleted, then its record; a status on the commit says so.
+        Safe to repeat: an object already gone is skipped, the record goes last."""
+        try:
+            gone = [o for o in record.inventory or ()
+                    if self.kube.delete(o.key, app=record.app, api_version=o.api_version)]
+            self.sink.post(record.app, head, StatusState.SUCCESS,
+                           f"pruned: {record.path}/ left git; {len(gone)} object(s) deleted")
+            self.kube.delete_record(record.app)
+            log.info("app %s: its folder %s left git: %d object(s) and the record deleted",
+                     record.app, record.path, len(gone))
+        except CanaryError as error:
+            log.error("app %s: pruning after its folder left git: %s", record.app, error)
 
     def _crashed(self, head: Sha, folder: AppFolder, error: Exception) -> None:
         """Anything no stage expected: a log line with the traceback, an error status on the
@@ -475,7 +504,7 @@ class Reconciler:
         inventory = record.inventory if record.inventory is not None else tuple(
             owned(v, "variant") for v in variants)
         return plan(decision.actions, rendered, inventory, decision.record.first_deployment,
-                    {m.key for m in desired.manifests})
+                    {m.key for m in desired.manifests}, self.prune and desired.policy.prune)
 
     def _perform(self, app: AppName, writes: Plan) -> None:
         for step in writes.steps:

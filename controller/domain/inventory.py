@@ -43,17 +43,22 @@ def owned(obj: KubeObject, role: str) -> Owned:
 
 
 def plan(actions: Iterable[Action], rendered: Rendered, inventory: tuple[Owned, ...],
-         first_deployment: bool, desired: Collection[Key]) -> Plan:
+         first_deployment: bool, desired: Collection[Key], prune: bool = True) -> Plan:
     """The writes of `actions`, in order. During a canary nothing that stable reads changes:
     only new ConfigMaps/Secrets go first (everything, on a first deployment: there is no
     stable); the rest waits for the promotion. A reject deletes the variants and the objects
-    created early for the canary that git no longer has."""
+    created early for the canary that git no longer has. With `prune`, applying stable
+    deletes what the app applied before and git no longer has — a workload once its removal
+    is promoted, anything else with the commit that removed it — and never anything outside
+    the inventory."""
     steps: list[Step] = []
     roles: dict[Key, Owned] = {o.key: o for o in inventory}
     for action in actions:
         if action is Action.APPLY_STABLE:
             objects = (*rendered.passthrough, *rendered.deferred, *rendered.stable)
-            steps.append(Step(action, objects))
+            gone = tuple(o for o in roles.values() if prune and o.role in (STABLE, EARLY)
+                         and o.key not in desired)
+            steps.append(Step(action, objects, gone))
             roles.update({key_of(o): owned(o, STABLE) for o in objects})
         elif action is Action.APPLY_VARIANTS:
             first = rendered.passthrough if first_deployment else rendered.early

@@ -99,6 +99,7 @@ class Policy:
     stateful: frozenset[str] = frozenset()  # workloads whose variants may share state (opt-in)
     adopt: bool = False  # take over live objects no other app owns (kubectl, Flux, Argo CD)
     ready_timeout: int = 600  # seconds for baseline and canary to become ready, or a failure
+    prune: bool = True  # delete what the app applied and git no longer has
 
     @property
     def governance(self) -> tuple[object, ...]:
@@ -358,10 +359,11 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
         stateful=stateful,
         adopt=fields.take("adopt", bool, False),
         ready_timeout=fields.duration("readyTimeout", 600),
+        prune=fields.take("prune", bool, True),
     )
     fields.done(("app", "namespace", "percentage", "bootstrap", "manifests", "promote",
                  "judgment", "approvers", "requireSignedApproval", "analysis", "helm",
-                 "workloads", "adopt", "readyTimeout"))
+                 "workloads", "adopt", "readyTimeout", "prune"))
     return policy
 
 

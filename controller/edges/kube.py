@@ -434,6 +434,9 @@ class Kube:
         _translate(f"creating {describe(obj)}", lambda: self.dynamic.create(
             res, body=obj, namespace=obj["metadata"].get("namespace")))
 
+    def delete_record(self, app: str) -> None:
+        self.delete(("ConfigMap", self.state_namespace, f"{RECORD_PREFIX}{app}"))
+
     def save_record(self, record: Record) -> None:
         body = {
             "apiVersion": "v1", "kind": "ConfigMap",

@@ -44,6 +44,9 @@ class DeployRepo:
         else:
             target.write_text(yaml.safe_dump(content, sort_keys=False))
 
+    def remove(self, path: str) -> None:
+        git(self.clone, "rm", "-rq", path)
+
     def commit(self, message: str, push: bool = True) -> str:
         git(self.clone, "add", "-A")
         git(self.clone, "commit", "-q", "-m", message)
