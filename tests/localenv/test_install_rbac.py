@@ -178,9 +178,12 @@ def test_install_manifests_parse_and_run_the_controller_least_privileged() -> No
             {"get", "list", "create", "patch", "delete"}, kind
     # Secrets: read, applied and deleted by name (the inventory names the copies), never listed.
     assert grants(apps_role, "", "secrets") == {"get", "create", "patch", "delete"}
+    # Applied as written; deleted only by prune (what left git, named by the inventory).
     for group, resource in (("", "services"), ("networking.k8s.io", "ingresses"),
-                            ("autoscaling", "horizontalpodautoscalers")):
-        assert grants(apps_role, group, resource) >= {"get", "create", "patch"}, resource
+                            ("autoscaling", "horizontalpodautoscalers"),
+                            ("policy", "poddisruptionbudgets")):
+        assert grants(apps_role, group, resource) >= {"get", "create", "patch", "delete"}, \
+            resource
     everything = {v for rule in apps_role["rules"] for v in rule["verbs"]}
     assert not everything & {"*", "escalate", "bind", "impersonate"}
     assert not {r for rule in apps_role["rules"] for r in rule["resources"]} & {
