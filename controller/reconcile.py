@@ -334,7 +334,8 @@ class Reconciler:
         canaries = [v for v in variants if v["kind"] in WORKLOAD_KINDS
                     and v["metadata"].get("labels", {}).get(LABEL_VERSION) == Variant.CANARY]
         replicas = [m.obj.get("spec", {}).get("replicas") for m in workloads]
-        judged_replicas = [m.obj.get("spec", {}).get("replicas") for m in judged]
+        sizes = [int(o["spec"]["replicas"]) for o in rendered.canary  # as rendered: HPA-aware
+                 if o["kind"] in WORKLOAD_KINDS and "replicas" in (o.get("spec") or {})]
         # Who may approve is the policy of the revision stable runs, never the one approved.
         revisions = {str(a.get(ANNOTATION_REVISION) or "")
                      for a, s in zip(annotations, stable, strict=True) if s is not None} - {""}
@@ -359,11 +360,7 @@ class Reconciler:
                 ANNOTATION_FINGERPRINT) if canaries else None,
             variants_ready=bool(canaries) and all(rollout_ready(v) for v in variants
                                                   if v["kind"] in WORKLOAD_KINDS),
-            variant_replicas=next((int(o["spec"]["replicas"]) for o in rendered.canary
-                                   if o["kind"] in WORKLOAD_KINDS
-                                   and "replicas" in (o.get("spec") or {})),
-                                  variant_replicas(judged_replicas[0] if judged_replicas
-                                                   else None, policy.percentage)),
+            variant_replicas=sizes[0] if sizes else variant_replicas(None, policy.percentage),
             analysis_enabled=self.prometheus is not None,
             propose_on_failure=self.propose_on_failure,
             approval_refused=gate.refusal,
@@ -376,21 +373,34 @@ class Reconciler:
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
         )
-        started = record.canary_started if record.canary_started is not None else now
-        if record.phase is Phase.PROGRESSING and not observation.variants_ready and \
-                now >= started + policy.ready_timeout:
-            observation = dataclasses.replace(observation, not_ready=self.kube.pod_problems(
-                v for v in variants if v["kind"] in WORKLOAD_KINDS))
+        observation = self._overdue(record, observation, variants, policy, now)
         if self.prometheus is not None and analysis_due(record, policy.analysis, now):
-            recorded = resume(record.evidence, recording(policy, policy.app, desired.revision))
-            since = record.last_analysis or record.ready_at or now
-            steps = look(self.prometheus, policy, [(m.kind, m.name) for m in judged],
-                         since, now, [m.key[1] for m in judged])
-            recorded = recorded.add(steps).bounded()
-            observation = dataclasses.replace(
-                observation, analysis=recorded.assess(),
-                evidence=json.dumps(to_document(recorded), sort_keys=True))
+            observation = self._look(self.prometheus, record, observation, desired, judged, now)
         return observation, rendered, variants
+
+    def _overdue(self, record: Record, observation: Observation, variants: list[KubeObject],
+                 policy: Policy, now: float) -> Observation:
+        """Variants past their readyTimeout: why, in their pods' words (read only then)."""
+        started = record.canary_started if record.canary_started is not None else now
+        if record.phase is not Phase.PROGRESSING or observation.variants_ready or \
+                now < started + policy.ready_timeout:
+            return observation
+        return dataclasses.replace(observation, not_ready=self.kube.pod_problems(
+            v for v in variants if v["kind"] in WORKLOAD_KINDS))
+
+    @staticmethod
+    def _look(prometheus: Prometheus, record: Record, observation: Observation,
+              desired: Desired, judged: list[Manifest], now: float) -> Observation:
+        """One look: what the judged workloads' variants served since the last, added to the
+        evidence the record keeps, and the assessment of it all."""
+        policy = desired.policy
+        recorded = resume(record.evidence, recording(policy, policy.app, desired.revision))
+        since = record.last_analysis or record.ready_at or now
+        steps = look(prometheus, policy, [(m.kind, m.name) for m in judged], since, now,
+                     [m.key[1] for m in judged])
+        recorded = recorded.add(steps).bounded()
+        return dataclasses.replace(observation, analysis=recorded.assess(),
+                                   evidence=json.dumps(to_document(recorded), sort_keys=True))
 
     def _adoptable(self, rendered: Rendered, workloads: list[Manifest],
                    live: dict[Key, KubeObject]) -> bool:
