@@ -8,13 +8,15 @@ The decisions, in order (SPEC §2-3):
 - invalid input: an error status, nothing applied;
 - a promotion in flight: finish it (apply stable, wait for its rollout, delete the variants);
 - no stable yet: canary only (first deployment), or straight to stable with `bootstrap: direct`;
+- live workloads another tool applied that already run git's spec (`adopt: true`): adopted;
 - git equals stable: delete the variants if any (a reject); stable is never touched by it;
 - git equals what stable ran before: a rollback, applied directly;
 - an approval (`promote: <sha>`, the full hash) of exactly this canary revision, valid and
   not used before: promote;
-- otherwise git holds a new spec: baseline and canary, replacing any older canary; once they
-  are ready and the warm-up has passed, the analysis judges them every interval until a pass
-  (awaiting promotion), a fail, or the deadline (inconclusive).
+- otherwise git holds a new spec: baseline and canary of the workloads that changed (refused
+  when they would share state), replacing any older canary; not ready within `readyTimeout`,
+  a failure with the pods' reason; once ready and past the warm-up, the analysis looks every
+  interval until a pass (awaiting promotion), a fail, or the deadline (inconclusive).
 
 The record is memory, never authority: a record that says Promoting (edited by hand, or left
 by a promotion that git has since withdrawn) applies nothing to stable unless git still
