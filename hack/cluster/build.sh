@@ -25,27 +25,9 @@ key=$({ sed -n '/^# --- build steps/,$p' "${BASH_SOURCE[0]}"
   | sha256sum | cut -c1-16)
 final="$cache/bin/$key"
 
-if [ "${1:-}" = --path ]; then
-  echo "$final"
-  exit 0
-fi
-# A folder named by the key is complete: it appears by a rename at the very end of a build.
-if [ -d "$final" ]; then
-  echo "$final"
-  exit 0
-fi
-
-mkdir -p "$cache/bin"
-exec 9>>"$final.lock"  # held until this script exits, however it exits
-if ! flock --nonblock 9; then
-  log "another build of $key is running: waiting for it"
-  flock 9
-fi
-# The build we waited for may have finished it.
-if [ -d "$final" ]; then
-  echo "$final"
-  exit 0
-fi
+# shellcheck source=../lib/cached-build.sh
+source "$repo/hack/lib/cached-build.sh"
+cached_build "$final" "${1:-}"
 
 # --- build steps: everything from this line on is part of the cache key ---------------------
 kube_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$tools/kube/go.mod")
