@@ -38,6 +38,7 @@ from controller.edges.renderers import Tools
 from controller.errors import CanaryError, InputError
 
 MAX_EXPORT_BYTES = 8 * MAX_APP_BYTES  # a Kustomize build sees the repository: at most this
+POLICIES_KEPT = 4096  # parsed canary.yaml files kept, by folder tree (oldest dropped first)
 KUSTOMIZE_WALK = 50  # commits walked back to find a Kustomize app's revision
 
 # The parsed apps kept, counted in the bytes of the files they were parsed from (the parsed
@@ -63,6 +64,7 @@ class AppReader:
                                   tuple[Policy, list[Manifest], int]] = OrderedDict()
         self._parsed_bytes = 0
         self._revisions: dict[tuple[Sha, str, Fingerprint], Sha] = {}
+        self._policies: dict[tuple[str, str], Policy] = {}
 
     def desired(self, head: Sha, folder: AppFolder) -> Desired:
         policy, manifests = self.parse(folder, folder.tree, folder.root)
@@ -198,7 +200,16 @@ class AppReader:
             return None
 
     def policy(self, folder: AppFolder, tree: str) -> Policy:
-        """Only the folder's canary.yaml, parsed: nothing rendered."""
+        """Only the folder's canary.yaml, parsed: nothing rendered. Cached by tree (the
+        governing policy is asked for on every reconcile of an app in flight)."""
+        key = (folder.path, tree)
+        if key not in self._policies:
+            if len(self._policies) >= POLICIES_KEPT:
+                self._policies.pop(next(iter(self._policies)))
+            self._policies[key] = self._policy(folder, tree)
+        return self._policies[key]
+
+    def _policy(self, folder: AppFolder, tree: str) -> Policy:
         prefix = f"{folder.path}/" if folder.path else ""
         entry = next((e for e in self.repo.list_folder(tree) if e.path == POLICY_FILE), None)
         if entry is None:

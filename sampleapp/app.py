@@ -86,7 +86,8 @@ class Settings:
         )
 
 
-def _percent(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, top: float, what: str) -> float:
+    """A finite number from 0 to `top`, or a ConfigError naming the variable and `what`."""
     raw = env.get(name)
     if raw is None:
         return default
@@ -94,24 +95,18 @@ def _percent(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and 0 <= value <= 100):
-        raise ConfigError(f"{name} must be a number from 0 to 100 (a percentage), got {raw!r}")
+    if not (math.isfinite(value) and 0 <= value <= top):
+        raise ConfigError(f"{name} must be {what}, got {raw!r}")
     return value
+
+
+def _percent(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, 100, "a number from 0 to 100 (a percentage)")
 
 
 def _milliseconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 <= value <= MAX_LATENCY_MS):
-        raise ConfigError(
-            f"{name} must be a number of milliseconds from 0 to {MAX_LATENCY_MS:.0f}, got {raw!r}"
-        )
-    return value
+    return _number(env, name, default, MAX_LATENCY_MS,
+                   f"a number of milliseconds from 0 to {MAX_LATENCY_MS:.0f}")
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
