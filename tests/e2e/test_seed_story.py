@@ -8,6 +8,7 @@ latency, both critical.
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def test_the_seed_story(kubeconfig: Path, tmp_path: Path) -> None:
         assert judged.rates == {APP: "10", f"{APP}-baseline": "10", f"{APP}-canary": "20"}
         assert judged.status.startswith("pass: success-rate canary "), judged.status
         assert "% good (" in judged.status
-        assert ": no worse than 0.5 pts (95% CS [+" in judged.status
+        # Non-inferiority: the whole confidence sequence lies above -0.5 pts (its lower edge
+        # may still be below zero: "better" is not what a pass claims).
+        bounds = re.search(r": no worse than 0\.5 pts \(95% CS \[([-+][\d.]+), ([-+][\d.]+)\]\)",
+                           judged.status)
+        assert bounds is not None, judged.status
+        assert -0.5 < float(bounds[1]) < float(bounds[2])
         # The evidence is shortened (…) if need be, never what comes next.
         assert judged.status.endswith("; awaiting promotion"), judged.status
         assert len(judged.status) <= len("success: ") + 140

@@ -154,12 +154,14 @@ def test_a_push_webhook_wakes_the_controller_within_a_second_and_forgeries_are_r
     forge.settle(lambda: (d := forge.deployments()) and APP in d, "stable")
 
     heads: list[tuple[float, str]] = []
+    settled: list[bool] = []
     original = forge.reconciler.reconcile
 
     def recording() -> Any:
         started = time.monotonic()  # the reconcile's start: it fetches, then acts
         result = original()
         heads.append((started, str(result.head)))
+        settled.append(not result.waiting and result.next_analysis is None)
         return result
 
     forge.reconciler.reconcile = recording  # type: ignore[method-assign]
@@ -179,14 +181,19 @@ def test_a_push_webhook_wakes_the_controller_within_a_second_and_forgeries_are_r
             "type": "gitea", "active": True, "events": ["push"],
             "config": {"url": f"http://127.0.0.1:{port}/webhook", "content_type": "json",
                        "secret": secret}})
-        eventually(lambda: heads, "the loop's first reconcile")
-        time.sleep(0.5)  # the loop now sleeps for its 60 s interval
+        # Until stable is ready the loop turns every second on its own; once settled it
+        # sleeps for its 60 s interval, and only the webhook can wake it.
+        eventually(lambda: settled and settled[-1], "a settled reconcile", timeout=60)
+        time.sleep(0.5)
 
         forge.write(f"{APP}/deployment.yml", deployment(APP, "20"))
         sha = forge.commit("rate 20")
-        woke = eventually(lambda: next((t for t, head in heads if head == sha), None),
-                          "a reconcile of the pushed commit", timeout=10, every=0.02)
-        (hook,) = [t for t in received if t > forge.pushed_at]
+        hook = eventually(lambda: next((t for t in received if t > forge.pushed_at), None),
+                          "Gitea's webhook delivery", timeout=10, every=0.02)
+        woke = eventually(lambda: next((t for t, head in heads if head == sha and t >= hook),
+                                       None),
+                          "a reconcile of the pushed commit after the webhook", timeout=10,
+                          every=0.02)
         print(f"push → webhook {hook - forge.pushed_at:.2f}s (Gitea's delivery), webhook → "
               f"reconcile {woke - hook:.3f}s; the poll interval is 60s")
         assert woke - hook < 1.0
