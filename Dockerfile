@@ -25,6 +25,12 @@ RUN built=$(GITOPS_CANARY_CACHE=/tmp/cache bash hack/render-tools/build.sh) \
     && cp "$built/kustomize" "$built/helm" "$built/VERSIONS" / \
     && rm -rf /tmp/cache /root/go /root/.cache
 
+# The runtime dependencies, read from pyproject.toml: the layer that installs them is keyed by
+# this list alone, so an edit elsewhere in pyproject.toml (tools, test extras) keeps it cached.
+FROM ${BASE} AS requirements
+COPY pyproject.toml /
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("/pyproject.toml", "rb"))["project"]["dependencies"]))' > /requirements.txt
+
 FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -43,12 +49,11 @@ COPY --from=tools /kustomize /helm /usr/local/bin/
 COPY --from=tools /VERSIONS /usr/local/share/gitops-canary/render-tools
 
 WORKDIR /src
-# The dependencies first, read from pyproject.toml, in a layer of their own: a change to the
-# controller's code rebuilds only the small layer below.
-COPY pyproject.toml ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
-    && pip install -r requirements.txt
-COPY README.md ./
+# The dependencies first, in a layer of their own: a change to the controller's code rebuilds
+# only the small layers below.
+COPY --from=requirements /requirements.txt ./
+RUN pip install -r requirements.txt
+COPY pyproject.toml README.md ./
 COPY controller/ controller/
 RUN pip install --no-deps . && rm -rf /src
 
