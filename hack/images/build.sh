@@ -10,7 +10,8 @@
 #
 # With docker (elsewhere, with an engine and a registry): the Dockerfiles' public defaults.
 #
-# ENGINE=podman|docker chooses; otherwise podman if installed, else docker. Prints one line per
+# ENGINE=podman|docker chooses; otherwise podman if installed, else docker. Arguments are passed
+# to every `build` (e.g. --no-cache, for a cold build's time). Prints one line per
 # image, `<name> <image id>`: the tests and the benchmark run the ids, so two builds on one
 # machine (two checkouts) never run each other's images. Also tags gitops-canary:dev and
 # sampleapp:dev for people.
@@ -24,7 +25,7 @@ engine=${ENGINE:-$(command -v podman >/dev/null && echo podman || echo docker)}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$repo/hack/images/containers.conf}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-args=()
+args=("$@")
 
 if [ "$engine" = podman ]; then
   base_dir=$(bash hack/images/base.sh)
@@ -46,7 +47,7 @@ if [ "$engine" = podman ]; then
   # reads that file too), so the images keep Debian's own bundle. Read-only: should a RUN step
   # upgrade ca-certificates (a base older than Debian's last update of it), its postinst fails
   # to replace the file; delete the base's cache folder to build a fresh base.
-  args=(--network host --build-arg "BASE=$base")
+  args+=(--network host --build-arg "BASE=$base")
   host_cas=/etc/ssl/certs/ca-certificates.crt
   if [ -f "$host_cas" ]; then
     args+=(--volume "$host_cas:$host_cas:ro")
