@@ -1,5 +1,7 @@
 """Reconcile cost with many apps: what one pass over an unchanged 100-app repository costs, next
-to its fixed costs (one `git fetch` of the mirror, one list call of the app records), and what
+to its fixed costs (one `git fetch` of the mirror, one list call of the app records), what a
+resync pass costs (every app compared with the cluster for drift: a server-side dry run of each
+object) next to `kubectl apply --server-side --dry-run=server` of the same objects, and what
 one pass costs when a single app changed.
 
 A bare repository on local disk holds 100 app folders (`apps/app-NNN`: canary.yaml with
@@ -17,6 +19,7 @@ import cProfile
 import io
 import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,10 +41,12 @@ from benchlib import (
 from kubernetes import client
 
 from controller.domain.types import Phase
+from controller.drift import Resync
 from controller.edges.git import GitSource
 from controller.edges.kube import MANAGED_BY, Kube
 from controller.edges.statuses import GitNotesSink
 from controller.reconcile import Reconciler
+from localcluster import cluster as localcluster
 
 DEPLOY_TIMEOUT = 600.0
 DEPLOY_MAX_RECONCILES = 100
@@ -140,6 +145,21 @@ def main() -> int:
                    for _ in range(repeats)]
         profiled = profile(reconciler) if args.profile else ""
 
+        resyncs = max(1, repeats // 5)
+        say(f"timing {resyncs} resync passes (every app compared with the cluster)")
+        reconciler.resync = Resync(0.0)
+        resync = [timed(reconciler.reconcile) for _ in range(resyncs)]
+        drifted = sum(len(o.drift) for o in reconciler.reconcile().outcomes)
+        reconciler.resync = Resync(3600.0)
+        kubectl = localcluster.build_binaries() / "kubectl"
+        objects = root / "objects.yml"  # the apps' manifests, without their canary.yaml
+        objects.write_text("---\n".join(
+            path.read_text() for path in sorted((repo.clone / "apps").glob("*/*.yml"))))
+        dry_run = [timed(lambda: subprocess.run(
+            [str(kubectl), "--kubeconfig", str(config), "-n", ns, "apply", "--server-side",
+             "--dry-run=server", "--force-conflicts", "--field-manager=gitops-canary",
+             "-f", str(objects)], check=True, stdout=subprocess.DEVNULL)) for _ in range(resyncs)]
+
         say(f"changing {app_name(changed)} (SUCCESS_RATE 10 -> 20) and reconciling once")
         repo.write(f"apps/{app_name(changed)}/deployment.yml",
                    deployment(app_name(changed), "20", replicas=1))
@@ -166,6 +186,14 @@ def main() -> int:
     print(f"ratio reconcile / (fetch + records): {r.median / (f.median + c.median):.1f}")
     rest = r.median - f.median - c.median
     print(f"  the rest, per app: {rest / apps * 1000:.2f} ms ({rest * 1000:.0f} ms for {apps})")
+    rs, kd = Summary.of(resync), Summary.of(dry_run)
+    print(f"resync pass, every app compared with the cluster (median of {len(resync)}): "
+          f"{rs.text('s', 1, 2)}; {rs.median / apps * 1000:.1f} ms per app; drift found: "
+          f"{drifted}")
+    print(f"  kubectl apply --server-side --dry-run=server of the same {apps * 2} objects: "
+          f"{kd.text('s', 1, 2)}; ratio resync / kubectl: {rs.median / kd.median:.2f}")
+    print(f"  at --resync 5m this is {rs.median / 300 * 100:.1f} % of one core, "
+          f"~{apps * 2 / 300:.1f} dry runs per second")
     print(f"reconcile after one app changed (one call): {one_change * 1000:.0f} ms; "
           f"acted on {acted or 'no app'}; "
           f"the change cost {(one_change - r.median) * 1000:.0f} ms over an unchanged pass")

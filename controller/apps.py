@@ -199,6 +199,21 @@ class AppReader:
         except InputError:
             return None
 
+    def manifests_at(self, commit: Sha, folder: AppFolder) -> list[Manifest] | None:
+        """The app's objects as they were at a commit (None when the commit, the folder or
+        its objects are not to be had): what stable runs, as git says it, for the baseline."""
+        try:
+            tree = self.repo.folder_tree(commit, folder.path)
+            root = self.repo.folder_tree(commit, "") if folder.kustomize else ""
+        except (ValueError, CanaryError):
+            return None  # a commit the repository does not have (rewritten history)
+        if tree is None:
+            return None
+        try:
+            return self.parse(folder, tree, root or "")[1]
+        except InputError:
+            return None
+
     def policy(self, folder: AppFolder, tree: str) -> Policy:
         """Only the folder's canary.yaml, parsed: nothing rendered. Cached by tree (the
         governing policy is asked for on every reconcile of an app in flight)."""

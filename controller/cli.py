@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                      default=os.environ.get("GITOPS_CANARY_PRUNE", "true"),
                      help="delete what an app applied once git no longer has it, and an app "
                           "whose folder left git (default: %(default)s; per app: prune: false)")
+    run.add_argument("--resync", type=duration,
+                     default=duration(os.environ.get("GITOPS_CANARY_RESYNC", "5m")),
+                     help="compare every app with the cluster at least this often, ±10%% "
+                          "(default 5m): drift is corrected (per app: drift: report)")
     run.add_argument("--namespaces", default=os.environ.get("GITOPS_CANARY_NAMESPACES"),
                      help="comma-separated namespaces apps may use (default: all)")
     run.add_argument("--allow-cluster-kind", action="append", default=[], metavar="KIND",
@@ -256,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
     sink, promotions, forge_approvers = _forge(args, source)
     reconciler = Reconciler(source, kube, sink, _prometheus(args), promotions=promotions,
                             tools=Tools.found(args.kustomize, args.helm),
-                            prune=args.prune == "true",
+                            prune=args.prune == "true", resync=args.resync,
                             propose_on_failure=args.promote_pr == "always",
                             allowed_signers=args.allowed_signers,
                             forge_approvers=forge_approvers)

@@ -70,6 +70,10 @@ class Metrics:
         self.transitions = Counter("gitops_canary_transitions",
                                    "Canary events: canary_started, verdict, promoted, rejected",
                                    ["app", "event"], registry=r)
+        self.drift = Counter("gitops_canary_drift",
+                             "Objects found differing from git: corrected, or only reported "
+                             "(drift: report; counted once per drift)", ["app", "outcome"],
+                             registry=r)
         self._seen_status: dict[str, Any] = {}
         self._seen_analysis: dict[str, str | None] = {}
         self.last_success: float | None = None
@@ -84,6 +88,9 @@ class Metrics:
             self.last_success = time.monotonic()
         for outcome in result.outcomes:
             app, record = outcome.app, outcome.record
+            if outcome.drift:
+                self.drift.labels(app, "corrected" if outcome.drift_corrected else "reported") \
+                    .inc(len(outcome.drift))
             if app not in self._seen_analysis:
                 # Every series exists from the start at 0, so the first transition is a change.
                 for name in ("canary_started", "verdict", "promoted", "rejected"):

@@ -21,6 +21,7 @@ from controller import failpoints
 from controller.analysis import look, recording
 from controller.approvals import ForgeApprovers, Gate
 from controller.apps import AppReader, Desired
+from controller.domain.drift import Drift
 from controller.domain.inventory import Plan, owned, plan
 from controller.domain.machine import (
     Action,
@@ -61,6 +62,7 @@ from controller.domain.types import (
     StatusState,
     Variant,
 )
+from controller.drift import Resync, missing_variants, report, stable_drift, variant_drift
 from controller.edges.git import AppFolder, GitSource
 from controller.edges.kube import Kube, rollout_ready
 from controller.edges.prometheus import Prometheus
@@ -80,6 +82,8 @@ class Outcome:
     actions: tuple[Action, ...] = ()
     skipped: bool = False
     next_analysis: float | None = None
+    drift: tuple[Drift, ...] = ()  # corrected just now, or newly reported
+    drift_corrected: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class Result:
 
 
 CRASH_BACKOFF, CRASH_BACKOFF_MAX = 5.0, 600.0
+CANARY_PHASES = (Phase.PROGRESSING, Phase.ANALYZING, Phase.AWAITING, Phase.FAILED)
 
 
 @dataclass
@@ -153,7 +158,8 @@ class Reconciler:
                  propose_on_failure: bool = False,
                  allowed_signers: Path | None = None,
                  forge_approvers: ForgeApprovers | None = None,
-                 tools: Tools | None = None, prune: bool = True) -> None:
+                 tools: Tools | None = None, prune: bool = True,
+                 resync: float = 300.0) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
         self.prune = prune  # False (--prune=false): nothing is ever deleted for leaving git
         self.prometheus = prometheus
@@ -163,6 +169,7 @@ class Reconciler:
         self.gate = Gate(source, self.reader, allowed_signers, forge_approvers)
         self._refused_claims: set[tuple[str, str]] = set()
         self._crashes: dict[str, Crash] = {}  # by folder: an app's own unit of failure
+        self.resync = Resync(resync)  # when each app is next compared with the cluster
 
     # --- the loop body ----------------------------------------------------------------------
 
@@ -240,8 +247,9 @@ class Reconciler:
                        claims: Claims) -> Outcome | None:
         started = time.monotonic()
         prior = claims.by_path.get(folder.path)
+        check = self.resync.due(folder.path)  # compare with the cluster (drift)
         if prior is not None and prior.observed_tree == folder.inputs and prior.error is None \
-                and prior.phase is Phase.STABLE and not prior.unposted:
+                and prior.phase is Phase.STABLE and not prior.unposted and not check:
             claims.take(prior.app, folder.path)
             return Outcome(prior.app, prior, skipped=True)  # unchanged in git, nothing in flight
         try:
@@ -258,9 +266,13 @@ class Reconciler:
 
         try:
             now = self.clock()
-            observation, rendered, variants = self._observe(head, folder, desired, record, now)
+            observation, rendered, variants, drifts = self._observe(head, folder, desired,
+                                                                    record, now, check)
             decision = advance(record, observation, now)
             outcome = self._act(head, app, record, decision, rendered, desired, variants)
+            outcome = self._drifted(outcome, record, drifts, rendered)
+            if check:
+                self.resync.done(folder.path)
             self.follow_ups.run(app, head, folder, decision, outcome.record)
         except TransientError as error:
             log.warning("app %s: %s (retrying on the next reconcile)", app, error)
@@ -274,6 +286,21 @@ class Reconciler:
             due = analysis_due_at(outcome.record, desired.policy.analysis)
             outcome = dataclasses.replace(outcome, next_analysis=due)
         return outcome
+
+    def _drifted(self, outcome: Outcome, record: Record, drifts: list[Drift],
+                 rendered: Rendered | None) -> Outcome:
+        """Drift acted on: a log line and an event for each correction, and for a drift only
+        reported (`drift: report`) once, when first seen."""
+        corrected = any(a in (Action.APPLY_STABLE, Action.APPLY_VARIANTS)
+                        for a in outcome.actions)
+        if not drifts or rendered is None or \
+                (not corrected and outcome.record.drift == record.drift):
+            return outcome
+        versions = {key_of(o): str(o.get("apiVersion", "v1")) for o in (
+            *rendered.passthrough, *rendered.deferred, *rendered.stable, *rendered.baseline,
+            *rendered.canary)}
+        report(self.kube, outcome.app, drifts, corrected, versions)
+        return dataclasses.replace(outcome, drift=tuple(drifts), drift_corrected=corrected)
 
     def _refuse_claim(self, head: Sha, folder: AppFolder, app: AppName, owner: str) -> None:
         """A folder claiming an app name another folder holds: an error status on the commit
@@ -299,11 +326,12 @@ class Reconciler:
         return self.reader.desired(head, folder)
 
     def _observe(self, head: Sha, folder: AppFolder, desired: Desired | InputError,
-                 record: Record, now: float
-                 ) -> tuple[Observation, Rendered | None, list[KubeObject]]:
+                 record: Record, now: float, check: bool
+                 ) -> tuple[Observation, Rendered | None, list[KubeObject], list[Drift]]:
         if isinstance(desired, InputError):
             return Observation(tree=folder.inputs, problem=str(desired),
-                               problem_sha=self.source.last_change(head, folder.path)), None, []
+                               problem_sha=self.source.last_change(head, folder.path)), \
+                None, [], []
         try:
             self.kube.admit(m.obj for m in desired.manifests)
         except CanaryError as error:
@@ -312,7 +340,8 @@ class Reconciler:
             # The folder's last change brought the refused object in (a Service, say, that
             # changes no workload and so no canary revision).
             return Observation(tree=folder.inputs, problem=str(error),
-                               problem_sha=self.source.last_change(head, folder.path)), None, []
+                               problem_sha=self.source.last_change(head, folder.path)), \
+                None, [], []
         live: dict[Key, KubeObject] = {}
         for m in desired.manifests:
             if m.kind in WORKLOAD_KINDS or m.kind in ("ConfigMap", "Secret"):
@@ -321,12 +350,20 @@ class Reconciler:
                     found.setdefault("kind", m.kind)
                     live[m.key] = found
         policy, manifests, fp = desired.policy, desired.manifests, desired.fingerprint
-        rendered = render(policy, manifests, live, desired.revision)
         workloads = canaried(manifests, policy.direct)
-        judged = [m for m in workloads if m.key in rendered.moving]  # those with variants
         stable = [live.get(m.key) for m in workloads]
         annotations = [((s or {}).get("metadata") or {}).get("annotations") or {}
                        for s in stable]
+        # Who may approve is the policy of the revision stable runs, never the one approved;
+        # the baseline is that revision's spec, as git has it.
+        revisions = {str(a.get(ANNOTATION_REVISION) or "")
+                     for a, s in zip(annotations, stable, strict=True) if s is not None} - {""}
+        stable_revision = Sha(revisions.pop()) if len(revisions) == 1 else record.stable_revision
+        stable_fingerprint = live_fingerprint(live, manifests, policy.direct)
+        at_stable = self.reader.manifests_at(stable_revision, folder) \
+            if stable_revision and any(stable) and stable_fingerprint != fp else None
+        rendered = render(policy, manifests, live, desired.revision, at_stable)
+        judged = [m for m in workloads if m.key in rendered.moving]  # those with variants
         moving = [a for a, s in zip(annotations, stable, strict=True)
                   if s is not None and a.get(ANNOTATION_FINGERPRINT) != fp]
         previous = {a.get(ANNOTATION_PREVIOUS_FINGERPRINT) for a in moving}
@@ -336,10 +373,15 @@ class Reconciler:
         replicas = [m.obj.get("spec", {}).get("replicas") for m in workloads]
         sizes = [int(o["spec"]["replicas"]) for o in rendered.canary  # as rendered: HPA-aware
                  if o["kind"] in WORKLOAD_KINDS and "replicas" in (o.get("spec") or {})]
-        # Who may approve is the policy of the revision stable runs, never the one approved.
-        revisions = {str(a.get(ANNOTATION_REVISION) or "")
-                     for a, s in zip(annotations, stable, strict=True) if s is not None} - {""}
-        stable_revision = Sha(revisions.pop()) if len(revisions) == 1 else record.stable_revision
+        drift: list[Drift] | None = None  # stable's, when compared (unchanged app, resync)
+        if check and record.phase is Phase.STABLE and not variants and \
+                stable_fingerprint == fp:
+            drift = stable_drift(self.kube, rendered, live, manifests)
+        lost: list[Drift] = []  # variants deleted (or changed) while the canary runs
+        if record.phase in CANARY_PHASES and record.canary_fingerprint == fp and \
+                record.inventory is not None:
+            lost = missing_variants(rendered, variants) + (
+                variant_drift(self.kube, rendered, variants) if check else [])
         governing = self.reader.policy_at(stable_revision, folder) if stable_revision \
             else policy if not any(stable) else None
         gate = self.gate.check(head, desired, governing, stable_revision)
@@ -350,7 +392,7 @@ class Reconciler:
             approval=gate.approval,
             bootstrap_direct=policy.bootstrap == "direct",
             stable_exists=any(s is not None for s in stable),
-            stable_fingerprint=live_fingerprint(live, manifests, policy.direct),
+            stable_fingerprint=stable_fingerprint,
             stable_previous_fingerprint=previous.pop() if len(previous) == 1 else None,
             stable_partly_desired=not moving,
             stable_ready=bool(stable) and all(rollout_ready(s) for s in stable),
@@ -358,8 +400,8 @@ class Reconciler:
             variants_present=bool(variants),
             variants_fingerprint=(canaries[0]["metadata"].get("annotations") or {}).get(
                 ANNOTATION_FINGERPRINT) if canaries else None,
-            variants_ready=bool(canaries) and all(rollout_ready(v) for v in variants
-                                                  if v["kind"] in WORKLOAD_KINDS),
+            variants_ready=bool(canaries) and not any(d.changes == ("deleted",) for d in lost)
+            and all(rollout_ready(v) for v in variants if v["kind"] in WORKLOAD_KINDS),
             variant_replicas=sizes[0] if sizes else variant_replicas(None, policy.percentage),
             analysis_enabled=self.prometheus is not None,
             propose_on_failure=self.propose_on_failure,
@@ -372,11 +414,14 @@ class Reconciler:
             variants_refused=stateful_refusal(policy, manifests, rendered.moving),
             warmup=policy.analysis.warmup,
             deadline=policy.analysis.deadline,
+            drift=None if drift is None else tuple(str(d) for d in drift),
+            drift_correct=policy.drift == "correct",
+            variants_drift=tuple(str(d) for d in lost),
         )
         observation = self._overdue(record, observation, variants, policy, now)
         if self.prometheus is not None and analysis_due(record, policy.analysis, now):
             observation = self._look(self.prometheus, record, observation, desired, judged, now)
-        return observation, rendered, variants
+        return observation, rendered, variants, [*(drift or ()), *lost]
 
     def _overdue(self, record: Record, observation: Observation, variants: list[KubeObject],
                  policy: Policy, now: float) -> Observation:

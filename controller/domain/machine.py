@@ -87,6 +87,7 @@ class Record:
     # Every object the controller applied for the app; it deletes nothing else. None for a
     # record written before inventories existed (its objects are adopted on the next apply).
     inventory: tuple[Owned, ...] | None = ()
+    drift: str | None = None  # the drift last said on a status: said once, not per resync
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ class Observation:
     not_ready: str | None = None  # why, from their pods (read once the timeout has passed)
     warmup: float = 0.0
     deadline: float = 0.0
+    # Where stable differs from git (None: not compared this time; empty: compared, in sync).
+    drift: tuple[str, ...] | None = None
+    drift_correct: bool = True  # `drift: correct` (else `report`)
+    variants_drift: tuple[str, ...] = ()  # a variant deleted (or changed) by hand: re-applied
 
 
 class Action(StrEnum):
@@ -299,8 +304,31 @@ def _at_stable(record: Record, obs: Observation) -> Decision:
             Action.WITHDRAW_PROMOTION,)
         return Decision(stable, actions, statuses)
     # Git changed only what does not restart pods (replicas, pass-through objects): apply it.
-    changed = record.observed_tree != obs.tree
-    return Decision(stable, (Action.APPLY_STABLE,) if changed else ())
+    apply = (Action.APPLY_STABLE,) if record.observed_tree != obs.tree else ()
+    if obs.drift is None:  # not compared with the cluster this time
+        return Decision(stable, apply)
+    return _drifted(stable, obs, apply)
+
+
+def _drifted(record: Record, obs: Observation, apply: tuple[Action, ...]) -> Decision:
+    """Stable compared with git: drift corrected (or only reported, `drift: report`), and
+    said on the commit stable runs once per drift, not on every resync."""
+    rev = _short(obs.revision)
+    if not obs.drift:
+        back = record.drift is not None and not obs.drift_correct  # someone fixed it by hand
+        note = StatusNote(obs.revision, StatusState.SUCCESS,
+                          f"in sync: stable runs {rev} as git says again")
+        return Decision(dataclasses.replace(record, drift=None), apply, (note,) if back else ())
+    what = "; ".join(obs.drift)
+    said = record.drift == what
+    record = dataclasses.replace(record, drift=what)
+    if obs.drift_correct:
+        note = StatusNote(obs.revision, StatusState.SUCCESS,
+                          f"drift corrected to {rev}: {what}")
+        return Decision(record, (Action.APPLY_STABLE,), () if said else (note,))
+    note = StatusNote(obs.revision, StatusState.ERROR,
+                      f"drift (drift: report, not corrected): {what}")
+    return Decision(record, apply, () if said else (note,))
 
 
 def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decision:
@@ -308,7 +336,12 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
         note = StatusNote(obs.revision, StatusState.ERROR, obs.variants_refused)
         return Decision(record) if record.last_status == note else Decision(record, (), (note,))
     statuses: list[StatusNote] = []
-    deployed = obs.variants_present and obs.variants_fingerprint == obs.fingerprint
+    # A variant deleted or changed by hand is re-applied where it stands: the evidence so far
+    # is of the same spec, so the analysis goes on.
+    recreate = bool(obs.variants_drift) and record.canary_fingerprint == obs.fingerprint and \
+        record.phase in (Phase.PROGRESSING, Phase.ANALYZING, Phase.AWAITING, Phase.FAILED)
+    deployed = recreate or (obs.variants_present and
+                            obs.variants_fingerprint == obs.fingerprint)
     if not deployed or record.canary_fingerprint != obs.fingerprint:
         if record.canary_revision is not None and record.canary_fingerprint != obs.fingerprint:
             pending = record.phase in (Phase.PROGRESSING, Phase.ANALYZING)
@@ -330,7 +363,22 @@ def _canary(record: Record, obs: Observation, now: float, first: bool) -> Decisi
             (Action.APPLY_VARIANTS, *((Action.WITHDRAW_PROMOTION,) if replaced else ())),
             tuple(statuses))
 
-    actions = (Action.APPLY_VARIANTS,) if record.observed_tree != obs.tree else ()
+    actions = (Action.APPLY_VARIANTS,) if record.observed_tree != obs.tree or recreate else ()
+    drift = "; ".join(obs.variants_drift) if recreate else None
+    said, record = record.drift == drift, dataclasses.replace(record, drift=drift)
+    decision = _in_flight(record, obs, now, first, actions)
+    # Said on a pending status only: a verdict (awaiting promotion, failed) is never
+    # overwritten by housekeeping; the log, an event and a metric say it there.
+    if drift is None or said or record.phase not in (Phase.PROGRESSING, Phase.ANALYZING):
+        return decision
+    note = StatusNote(obs.revision, StatusState.PENDING,
+                      f"drift corrected, analysis goes on: {drift}")
+    return dataclasses.replace(decision, statuses=(note, *decision.statuses))
+
+
+def _in_flight(record: Record, obs: Observation, now: float, first: bool,
+               actions: tuple[Action, ...]) -> Decision:
+    """Variants deployed: wait for them, analyse, judge; a verdict once is kept."""
     moved = record.canary_revision != obs.revision  # same spec under a rewritten sha
     record = dataclasses.replace(record, canary_revision=obs.revision, first_deployment=first)
     if record.phase is Phase.PROGRESSING:

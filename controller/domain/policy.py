@@ -100,6 +100,7 @@ class Policy:
     adopt: bool = False  # take over live objects no other app owns (kubectl, Flux, Argo CD)
     ready_timeout: int = 600  # seconds for baseline and canary to become ready, or a failure
     prune: bool = True  # delete what the app applied and git no longer has
+    drift: str = "correct"  # stable changed by hand: "correct" it to git, or only "report" it
 
     @property
     def governance(self) -> tuple[object, ...]:
@@ -360,10 +361,11 @@ def parse_policy(text: str, file: str, folder_name: str) -> Policy:
         adopt=fields.take("adopt", bool, False),
         ready_timeout=fields.duration("readyTimeout", 600),
         prune=fields.take("prune", bool, True),
+        drift=fields.choice("drift", ("correct", "report"), "correct"),
     )
     fields.done(("app", "namespace", "percentage", "bootstrap", "manifests", "promote",
                  "judgment", "approvers", "requireSignedApproval", "analysis", "helm",
-                 "workloads", "adopt", "readyTimeout", "prune"))
+                 "workloads", "adopt", "readyTimeout", "prune", "drift"))
     return policy
 
 

@@ -246,15 +246,22 @@ def render(
     manifests: list[Manifest],
     live: Mapping[Key, KubeObject],
     revision: str = "",
+    at_stable: list[Manifest] | None = None,
 ) -> Rendered:
     """Everything the controller may apply for this app, given the live stable objects.
     Only the workloads that changed (their own fingerprint differs from the one their live
     stable records) get a baseline and a canary; when none did (a governance change, or a
-    stable from before per-workload fingerprints), all of them do."""
+    stable from before per-workload fingerprints), all of them do.
+
+    The baseline is git's: the workload at the revision stable runs (`at_stable`), when its
+    fingerprint is the one live stable records. Live stable may have drifted (an image set by
+    hand); only a stable git cannot explain (no such revision) is copied from the cluster."""
     fp = fingerprint(manifests, policy.governance, policy.direct)
     workloads = canaried(manifests, policy.direct)
     own = workload_fingerprints(manifests, policy.direct)
     by_key = {m.key: m.obj for m in manifests}
+    git_stable = {m.key: m.obj for m in at_stable or ()}
+    git_own = workload_fingerprints(at_stable, policy.direct) if at_stable else {}
 
     # ConfigMaps/Secrets that a workload reads, that exist live, and whose content changed.
     changed: set[Key] = set()
@@ -297,14 +304,16 @@ def render(
 
     changing = [m for m in workloads if m.key not in live or recorded(m.key) != own[m.key]]
     baseline, canary = [], []
-    scaled = _autoscaled(manifests)
+    scaled = autoscaled(manifests)
     for m in changing or workloads:
         desired = m.obj.get("spec", {}).get("replicas")
         if m.key in scaled and m.key in live:  # an HPA drives stable: its size now counts
             desired = (live[m.key].get("spec") or {}).get("replicas", desired)
         replicas = variant_replicas(desired, policy.percentage)
         if m.key in live:
-            base = strip_server_fields(live[m.key])
+            spec = git_stable.get(m.key)
+            base = _owned(spec, policy.app) if spec is not None and \
+                git_own.get(m.key) == recorded(m.key) else strip_server_fields(live[m.key])
             _label_variant(base, Variant.BASELINE, policy.app, replicas)
             baseline.append(base)
         can = copy.deepcopy(m.obj)
@@ -360,7 +369,7 @@ def stateful_refusal(policy: Policy, manifests: list[Manifest],
     return None
 
 
-def _autoscaled(manifests: list[Manifest]) -> set[Key]:
+def autoscaled(manifests: list[Manifest]) -> set[Key]:
     """The workloads an HPA of the app scales (scaleTargetRef, in the HPA's namespace)."""
     found = set()
     for m in manifests:

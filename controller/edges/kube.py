@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import urllib3
@@ -31,6 +31,7 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
+from controller.domain.drift import Drift, deleted, differences
 from controller.domain.machine import Owned, Record, StatusNote
 from controller.domain.render import Key, key_of
 from controller.domain.types import (
@@ -206,6 +207,52 @@ class Kube:
         result = self._apply_one(obj, dry_run=True)
         found: KubeObject = result.to_dict() if hasattr(result, "to_dict") else dict(result)
         return found
+
+    def drift(self, objects: Iterable[KubeObject], live: Mapping[Key, KubeObject],
+              ignore: Mapping[Key, Collection[str]]) -> list[Drift]:
+        """Where the cluster differs from git's objects: per object a dry run of its apply,
+        compared with the live one (`live` holds those already read; the rest are read
+        here). Nothing is written."""
+        found = []
+        for obj in objects:
+            key = key_of(obj)
+            current = live.get(key) or self.get(key, obj["apiVersion"])
+            if current is None:
+                found.append(deleted(key))
+                continue
+            try:
+                would = self.dry_run(obj)
+            except ApiError as error:
+                if obj["kind"] != "Pod" or POD_IMMUTABLE not in str(error):
+                    raise
+                found.append(Drift(key, ("spec changed",)))  # corrected by replacing the Pod
+                continue
+            changes = differences(would, current, ignore.get(key, ()))
+            if changes:
+                found.append(Drift(key, changes))
+        return found
+
+    def event(self, key: Key, api_version: str, reason: str, message: str,
+              warning: bool = False) -> None:
+        """A Kubernetes Event on an object (`kubectl describe` and `kubectl events` show it).
+        Best effort: an event the server refuses is a log line, never a failed reconcile."""
+        kind, namespace, name = key
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace or "default"},
+            "involvedObject": {"apiVersion": api_version, "kind": kind, "name": name,
+                               **({"namespace": namespace} if namespace else {})},
+            "reason": reason, "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self._create(body)
+        except CanaryError as error:
+            log.warning("event %s on %s %s/%s not recorded: %s", reason, kind, namespace, name,
+                        error)
 
     def apply(self, objects: Sequence[KubeObject]) -> None:
         """Apply all or nothing: a dry run of every object first, then the real writes.

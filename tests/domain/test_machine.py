@@ -302,3 +302,55 @@ def test_variants_refused_for_shared_state_say_why_once_and_apply_nothing() -> N
     assert [(n.state, n.description) for n in refused.statuses] == [(StatusState.ERROR, why)]
     again = advance(refused.record, obs(variants_refused=why), NOW + 30)
     assert (again.actions, again.statuses) == ((), ())
+
+
+STABLE = Record(APP, Phase.STABLE, observed_tree="t2", stable_revision=R2)
+AT_STABLE = dict(stable_fingerprint=NEW)
+
+
+def test_stable_drift_is_corrected_and_said_once_per_drift() -> None:
+    seen = obs(**AT_STABLE, drift=("Deployment web spec.replicas 1 → 4",))
+    first = advance(STABLE, seen, NOW)
+    assert first.actions == (Action.APPLY_STABLE,)
+    assert [(n.sha, n.state, n.description) for n in first.statuses] == [
+        (R2, StatusState.SUCCESS, "drift corrected to 2222222: Deployment web spec.replicas "
+                                  "1 → 4")]
+    again = advance(first.record, seen, NOW + 300)  # the same drift back at the next resync
+    assert (again.actions, again.statuses) == ((Action.APPLY_STABLE,), ())
+    calm = advance(again.record, obs(**AT_STABLE, drift=()), NOW + 600)
+    assert (calm.actions, calm.statuses, calm.record.drift) == ((), (), None)
+    back = advance(calm.record, seen, NOW + 900)  # a new drift: said again
+    assert len(back.statuses) == 1
+
+
+def test_drift_report_applies_nothing_says_it_once_and_says_when_it_is_gone() -> None:
+    seen = obs(**AT_STABLE, drift=("Deployment web spec.replicas 1 → 4",), drift_correct=False)
+    first = advance(STABLE, seen, NOW)
+    assert first.actions == ()
+    assert states(first) == [("2", "error", "drift (drift")]
+    assert advance(first.record, seen, NOW + 300).statuses == ()
+    fixed = advance(first.record, obs(**AT_STABLE, drift=(), drift_correct=False), NOW + 600)
+    assert fixed.actions == ()
+    assert [n.description for n in fixed.statuses] == [
+        "in sync: stable runs 2222222 as git says again"]
+
+
+def test_unchecked_stable_is_left_alone() -> None:
+    decision = advance(STABLE, obs(**AT_STABLE), NOW)
+    assert (decision.actions, decision.statuses) == ((), ())
+
+
+@pytest.mark.parametrize(("record", "said"), [
+    (CANARY, True), (ANALYZING, True), (AWAITING, False)])
+def test_a_deleted_variant_is_reapplied_and_the_canary_goes_on(record: Record,
+                                                                said: bool) -> None:
+    seen = obs(variants_present=True, variants_fingerprint=NEW, variants_ready=False,
+               variants_drift=("Deployment web-baseline deleted",))
+    decision = advance(record, seen, NOW + 10)
+    assert Action.APPLY_VARIANTS in decision.actions
+    assert decision.record.phase is record.phase  # nothing restarts: same spec, same evidence
+    assert decision.record.evidence == record.evidence
+    notes = [n.description for n in decision.statuses]
+    assert notes == (["drift corrected, analysis goes on: Deployment web-baseline deleted"]
+                     if said else [])  # a verdict is never overwritten by housekeeping
+    assert advance(decision.record, seen, NOW + 11).statuses == ()  # once per drift

@@ -18,8 +18,13 @@ from controller.domain.render import (
     render,
     strip_server_fields,
     variant_replicas,
+    workload_fingerprints,
 )
-from controller.domain.types import ANNOTATION_FINGERPRINT, LABEL_VERSION
+from controller.domain.types import (
+    ANNOTATION_FINGERPRINT,
+    ANNOTATION_WORKLOAD_FINGERPRINT,
+    LABEL_VERSION,
+)
 
 POLICY = Policy(app="sampleapp", namespace="demo", percentage=25)
 
@@ -358,3 +363,34 @@ def test_statefulset_variants_take_their_claims_with_them() -> None:
         assert variant["spec"]["persistentVolumeClaimRetentionPolicy"] == {
             "whenDeleted": "Delete", "whenScaled": "Delete"}
     assert "persistentVolumeClaimRetentionPolicy" not in rendered.stable[0]["spec"]
+
+
+def _stable_at(rate: str, image: str) -> tuple[Any, dict[tuple[str, str, str], Any]]:
+    """Git's manifests of the revision stable runs, and a live stable recording that
+    revision's workload fingerprint but running `image` (set by hand)."""
+    at_stable = manifests(deployment(4, rate))
+    live_obj = deployment(4, rate)
+    live_obj["spec"]["template"]["spec"]["containers"][0]["image"] = image
+    live_obj["metadata"]["annotations"] = {
+        ANNOTATION_WORKLOAD_FINGERPRINT: workload_fingerprints(at_stable)[("Deployment", "demo",
+                                                                            "sampleapp")]}
+    return at_stable, live_of(live_obj)
+
+
+def test_the_baseline_is_gits_stable_spec_never_a_drifted_live_object() -> None:
+    at_stable, live = _stable_at("10", "sampleapp:hacked")
+    rendered = render(POLICY, manifests(deployment(4, "20")), live, at_stable=at_stable)
+    (base,) = rendered.baseline
+    container = base["spec"]["template"]["spec"]["containers"][0]
+    assert (container["image"], container["env"][0]["value"]) == ("sampleapp:v1", "10")
+    assert base["spec"]["replicas"] == 1
+    assert base["metadata"]["name"] == "sampleapp-baseline"
+    assert base["metadata"]["labels"]["gitops-canary/app"] == "sampleapp"
+
+
+def test_a_stable_git_cannot_explain_is_the_baseline_as_it_runs() -> None:
+    _at_stable, live = _stable_at("10", "sampleapp:hacked")
+    other = manifests(deployment(4, "15"))  # not the spec live stable records
+    rendered = render(POLICY, manifests(deployment(4, "20")), live, at_stable=other)
+    assert rendered.baseline[0]["spec"]["template"]["spec"]["containers"][0]["image"] == \
+        "sampleapp:hacked"
