@@ -231,20 +231,28 @@ class GitRepo:
                 err.decode(errors="surrogateescape"))
 
     def apps(self, head: Sha) -> list[AppFolder]:
-        """Every folder of the commit that holds a canary.yaml, cached by the root tree."""
-        root = self.repo.commit(head).tree
-        if root.hexsha not in self._apps_cache:
-            blobs = [str(item.path) for item in root.traverse() if isinstance(item, git.Blob)]
-            kustomized = {os.path.dirname(path) for path in blobs
-                          if os.path.basename(path) in KUSTOMIZATION_FILES}
-            found = [
-                AppFolder(folder, (root / folder).hexsha if folder else root.hexsha,
-                          root.hexsha, folder in kustomized)
-                for folder in (os.path.dirname(path) for path in blobs
-                               if os.path.basename(path) == POLICY_FILE)
-            ]
-            self._apps_cache = {root.hexsha: sorted(found, key=lambda a: a.path)}
-        return self._apps_cache[root.hexsha]
+        """Every folder of the commit that holds a canary.yaml, with its tree id: one walk of
+        the commit's tree (`git ls-tree -r -t`), cached by the root tree."""
+        root = self._git("rev-parse", f"{head}^{{tree}}")
+        if root not in self._apps_cache:
+            trees, policies, kustomized = {"": root}, [], set()
+            for record in self._git("ls-tree", "-r", "-t", "-z", root).split("\0"):
+                meta, tab, path = record.partition("\t")
+                fields = meta.split()
+                if not tab or len(fields) != 3:
+                    continue
+                if fields[1] == "tree":
+                    trees[path] = fields[2]
+                elif fields[1] == "blob":
+                    folder, name = os.path.dirname(path), os.path.basename(path)
+                    if name == POLICY_FILE:
+                        policies.append(folder)
+                    elif name in KUSTOMIZATION_FILES:
+                        kustomized.add(folder)
+            found = [AppFolder(folder, trees[folder], root, folder in kustomized)
+                     for folder in policies]
+            self._apps_cache = {root: sorted(found, key=lambda a: a.path)}
+        return self._apps_cache[root]
 
     def folder_tree(self, commit: Sha, path: str) -> str | None:
         tree = self.repo.commit(commit).tree
@@ -434,7 +442,13 @@ class GitSource(GitRepo):
             return ""
 
     def write_note(self, sha: Sha, text: str) -> None:
-        self._git("notes", f"--ref={NOTES_REF}", "add", "-f", "-m", text, sha)
+        """Through stdin: a commit's note holds a line per app, longer than a command line
+        may be (a commit that changed a thousand apps)."""
+        with tempfile.TemporaryFile() as content:
+            content.write(text.encode())
+            content.seek(0)
+            self._git("notes", f"--ref={NOTES_REF}", "add", "-f", "-F", "-", sha,
+                      istream=content)
 
     def push_notes(self) -> None:
         self._git("push", "origin", f"{NOTES_REF}:{NOTES_REF}")

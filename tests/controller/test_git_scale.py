@@ -1,0 +1,57 @@
+"""The git edge at a thousand apps (issue 14), with real git and no cluster: the app list and
+every folder's tree id come from one walk of the commit's tree, and a commit's status note can
+hold a line for each of a thousand apps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.domain.types import Sha, StatusState
+from controller.edges.git import GitSource
+from controller.edges.statuses import GitNotesSink, parse_note
+from tests.controller.conftest import DeployRepo, deployment, git
+
+
+def test_one_tree_walk_finds_every_app_with_its_tree(deploy_repo: DeployRepo,
+                                                      tmp_path: Path) -> None:
+    deploy_repo.write("canary.yaml", {"app": "root"})
+    deploy_repo.write("root.yml", deployment("root", "10"))
+    for path in ("apps/web", "apps/team-a/shop", "apps/team-a/shop/nested"):
+        deploy_repo.write(f"{path}/canary.yaml", {})
+        deploy_repo.write(f"{path}/deployment.yml", deployment("x", "10"))
+    deploy_repo.write("apps/team-a/shop/kustomization.yaml", {"resources": ["deployment.yml"]})
+    deploy_repo.write("apps/docs/readme.md", "no canary.yaml: not an app\n")
+    head = Sha(deploy_repo.commit("apps"))
+    source = GitSource(str(deploy_repo.remote), "main", tmp_path / "mirror")
+    assert source.fetch() == head
+
+    found = source.apps(head)
+
+    root = git(deploy_repo.clone, "rev-parse", "HEAD^{tree}")
+    assert [(a.path, a.kustomize) for a in found] == [
+        ("", False), ("apps/team-a/shop", True), ("apps/team-a/shop/nested", False),
+        ("apps/web", False)]
+    for folder in found:
+        expected = git(deploy_repo.clone, "rev-parse", f"HEAD:{folder.path}")
+        assert (folder.tree, folder.root) == (expected, root)
+
+
+def test_a_commit_note_holds_a_line_for_each_of_a_thousand_apps(deploy_repo: DeployRepo,
+                                                                 tmp_path: Path) -> None:
+    deploy_repo.write("canary.yaml", {})
+    head = Sha(deploy_repo.commit("one commit, a thousand apps"))
+    source = GitSource(str(deploy_repo.remote), "main", tmp_path / "mirror")
+    source.fetch()
+    # 1,000 lines of ~170 bytes: more than one command-line argument may hold (128 KiB).
+    lines = {f"gitops-canary/app-{i:04d}": ("success", f"promoted: stable runs {head[:7]} "
+                                            f"(4 replicas); {'x' * 100}") for i in range(1000)}
+    text = "\n".join(f"{c}: {s}: {d}" for c, (s, d) in sorted(lines.items()))
+    assert len(text) > 128 * 1024
+
+    source.write_note(head, text)
+    source.push_notes()
+    GitNotesSink(source).post("app-1000", head, StatusState.SUCCESS, "one more")
+
+    written = parse_note(deploy_repo.note(head))
+    assert len(written) == 1001
+    assert written["gitops-canary/app-0999"] == lines["gitops-canary/app-0999"]
