@@ -67,7 +67,7 @@ from controller.edges.git import AppFolder, GitSource
 from controller.edges.kube import Kube, rollout_ready
 from controller.edges.prometheus import Prometheus
 from controller.edges.renderers import Tools
-from controller.edges.statuses import StatusSink
+from controller.edges.statuses import Posting, StatusSink, post_all
 from controller.errors import CanaryError, InputError, TransientError
 from controller.followups import FollowUps
 from controller.promotions import PromotionRequests
@@ -84,6 +84,7 @@ class Outcome:
     next_analysis: float | None = None
     drift: tuple[Drift, ...] = ()  # corrected just now, or newly reported
     drift_corrected: bool = False
+    saved: Record | None = None  # the record as the cluster has it, until the statuses go
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class Reconciler:
             self._crashes.pop(folder.path, None)
             if outcome is not None:
                 outcomes.append(outcome)
+        outcomes = self._post(outcomes)
         if self.prune and complete:
             paths = {f.path for f in folders}
             for record in records.values():
@@ -522,32 +524,52 @@ class Reconciler:
             intent = dataclasses.replace(new_record, last_status=record.last_status,
                                          unposted=outbox(record.unposted + statuses))
             self.kube.save_record(intent)
-        posted, left = self._post(app, intent.unposted)
-        if posted:
-            new_record = dataclasses.replace(new_record, last_status=posted[-1])
-        new_record = dataclasses.replace(new_record, unposted=left)
-        if new_record != intent:
-            self.kube.save_record(new_record)
-            failpoints.hit("record-saved")
-        return Outcome(app, new_record, decision.actions)
+        return Outcome(app, dataclasses.replace(new_record, unposted=intent.unposted),
+                       decision.actions, saved=intent)
 
-    def _post(self, app: AppName, notes: tuple[StatusNote, ...]
-              ) -> tuple[tuple[StatusNote, ...], tuple[StatusNote, ...]]:
-        """Post the outbox in order: (posted, left for the next reconcile). A sink that is
-        down keeps the rest; a status it refuses for good is dropped with a log line."""
-        posted: list[StatusNote] = []
-        for i, note in enumerate(notes):
-            try:
-                self.sink.post(app, note.sha, note.state, note.description)
-                failpoints.hit("status-posted")
-            except TransientError as error:
-                log.warning("app %s: status on %s not posted yet: %s", app, note.sha[:7], error)
-                return tuple(posted), notes[i:]
-            except CanaryError as error:
-                log.error("app %s: status on %s refused, dropped: %s", app, note.sha[:7], error)
+    def _post(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Every app's outbox, posted together (one notes push for all; forge posts in
+        parallel), then each record saved once with what is left. A sink that is down keeps
+        an app's statuses from the first it did not take; a status it refuses for good is
+        dropped with a log line."""
+        postings = [(i, note) for i, o in enumerate(outcomes) if o.saved is not None
+                    for note in o.record.unposted]
+        errors = post_all(self.sink, [Posting(outcomes[i].app, n.sha, n.state, n.description)
+                                      for i, n in postings])
+        failed: dict[int, list[tuple[StatusNote, CanaryError | None]]] = {}
+        for (i, note), error in zip(postings, errors, strict=True):
+            failed.setdefault(i, []).append((note, error))
+        done = []
+        for i, outcome in enumerate(outcomes):
+            if outcome.saved is None:
+                done.append(outcome)
                 continue
-            posted.append(note)
-        return tuple(posted), ()
+            posted: list[StatusNote] = []
+            left: list[StatusNote] = []
+            for note, refused in failed.get(i, []):
+                if refused is None:
+                    failpoints.hit("status-posted")
+                    posted.append(note)
+                elif refused.transient:
+                    log.warning("app %s: status on %s not posted yet: %s", outcome.app,
+                                note.sha[:7], refused)
+                    left.append(note)
+                else:
+                    log.error("app %s: status on %s refused, dropped: %s", outcome.app,
+                              note.sha[:7], refused)
+            record = dataclasses.replace(outcome.record, unposted=tuple(left))
+            if posted:
+                record = dataclasses.replace(record, last_status=posted[-1])
+            try:
+                if record != outcome.saved:
+                    self.kube.save_record(record)
+                    failpoints.hit("record-saved")
+            except CanaryError as error:  # the next reconcile posts (or skips) them again
+                log.warning("app %s: saving its record after the statuses: %s", outcome.app,
+                            error)
+                record = outcome.saved
+            done.append(dataclasses.replace(outcome, record=record, saved=None))
+        return done
 
     def _plan(self, record: Record, decision: Decision, rendered: Rendered | None,
               desired: Desired | InputError, variants: list[KubeObject]) -> Plan | None:

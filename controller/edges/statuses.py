@@ -3,16 +3,22 @@
 A note on a commit under refs/notes/gitops-canary holds one line per context,
 `gitops-canary/<app>: <state>: <description>`, so `git log --notes=gitops-canary` shows the
 verdicts next to the commits. A status equal to the one already there is not written again.
+
+A reconcile posts its statuses together (`post_all`): the notes sink fetches, writes and
+pushes once for all of them; any other sink posts them in parallel, a few at a time.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 from controller.domain.types import Sha, StatusState
 from controller.edges.git import GitSource
-from controller.errors import TransientError
+from controller.errors import CanaryError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,38 @@ class StatusSink(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Posting:
+    app: str
+    sha: Sha
+    state: StatusState
+    description: str
+
+
+POST_WORKERS = 8  # forge posts in flight at once: well under any forge's rate limits
+
+
+def post_all(sink: StatusSink, postings: Sequence[Posting]) -> list[CanaryError | None]:
+    """Post every status; per posting, None or the error that kept it from the sink."""
+    many = getattr(sink, "post_many", None)
+    if callable(many):
+        result: list[CanaryError | None] = many(postings)
+        return result
+
+    def one(p: Posting) -> CanaryError | None:
+        try:
+            sink.post(p.app, p.sha, p.state, p.description)
+        except CanaryError as error:
+            return error
+        return None
+
+    if len(postings) <= 1:
+        return [one(p) for p in postings]
+    with ThreadPoolExecutor(min(POST_WORKERS, len(postings)),
+                            thread_name_prefix="status") as pool:
+        return list(pool.map(one, postings))
+
+
 def parse_note(text: str) -> dict[str, tuple[str, str]]:
     lines: dict[str, tuple[str, str]] = {}
     for line in text.splitlines():
@@ -52,6 +90,41 @@ class GitNotesSink:
     def __init__(self, source: GitSource, attempts: int = 3) -> None:
         self.source = source
         self.attempts = attempts
+
+    def post_many(self, postings: Sequence[Posting]) -> list[CanaryError | None]:
+        """All in one notes commit per commit and one push: fetch the notes, add every line,
+        push; pushed over by someone else, again from their notes."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self.source.fetch_notes()
+                by_sha: dict[Sha, list[Posting]] = {}
+                for p in postings:
+                    by_sha.setdefault(p.sha, []).append(p)
+                changed = []
+                for sha, posted in by_sha.items():
+                    lines = parse_note(self.source.read_note(sha))
+                    before = dict(lines)
+                    for p in posted:
+                        lines[context_for(p.app)] = (str(p.state), clip(p.description))
+                    if lines != before:
+                        self.source.write_note(sha, format_note(lines))
+                        changed.append((sha, posted))
+                if changed:
+                    self.source.push_notes()
+            except TransientError as error:
+                log.warning("pushing %d status(es) failed (attempt %d): %s", len(postings),
+                            attempt, error)
+                if attempt == self.attempts:
+                    return [error] * len(postings)
+                continue
+            except CanaryError as error:
+                return [error] * len(postings)
+            for sha, posted in changed:
+                for p in posted:
+                    log.info("status %s %s on %s: %s", context_for(p.app), p.state, sha[:7],
+                             clip(p.description))
+            return [None] * len(postings)
+        return [None] * len(postings)
 
     def post(self, app: str, sha: Sha, state: StatusState, description: str) -> bool:
         context, entry = context_for(app), (str(state), clip(description))
