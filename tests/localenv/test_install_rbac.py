@@ -394,6 +394,14 @@ def test_the_service_account_can_do_the_controllers_whole_job(
                    for m in live["metadata"]["managedFields"])
     for obj in canary:  # what it reads back: stable workloads, ConfigMaps, Secrets
         assert kube.get(key_of(obj), obj["apiVersion"]) is not None
+    # Drift: a dry run of each object against the live one (here: none), and an Event on an
+    # object whose drift was corrected.
+    assert kube.drift(canary, {}, {}) == []
+    kube.event(key_of(canary[0]), "apps/v1", "DriftCorrected", "corrected to git: a test")
+    assert [(e.reason, e.message, e.source.component) for e in client.CoreV1Api(
+        api_client).list_namespaced_event(app_ns).items
+            if e.source.component == "gitops-canary"] == [
+        ("DriftCorrected", "corrected to git: a test", "gitops-canary")]
     # Found by label (records from before inventories): never Secrets, which it cannot list.
     variants = {key_of(v) for v in kube.variants(app_ns, "sampleapp")}
     assert variants == {key_of(obj) for obj in canary if obj["kind"] != "Secret"}
