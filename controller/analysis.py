@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 from controller.domain.policy import Metric, Policy
 from controller.domain.promql import fill, variables
@@ -85,17 +87,76 @@ def _buckets(result: list[tuple[dict[str, str], float]]) -> Buckets | None:
 
 
 def look(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]], since: float,
-         now: float, namespaces: Sequence[str] = ()) -> tuple[Step, ...]:
+         now: float, namespaces: Sequence[str] = (),
+         queries: Executor | None = None) -> tuple[Step, ...]:
     """Each metric's increments of both variants over (since, now]. `{{ namespace }}` is the
     namespace the judged workloads live in (canary.yaml's when not given); for workloads in
-    several, an alternation `a|b`, which templates match with `namespace=~`."""
+    several, an alternation `a|b`, which templates match with `namespace=~`. With `queries`,
+    the measures run there, all at once."""
     window = max(1, math.ceil(now - since))
     namespace = "|".join(sorted(set(namespaces))) or policy.namespace
-    return tuple(
-        Step(_measure(prom, policy, metric, Variant.BASELINE, workloads, now, window,
-                      namespace),
-             _measure(prom, policy, metric, Variant.CANARY, workloads, now, window, namespace))
-        for metric in policy.analysis.metrics)
+    measures = [(metric, variant) for metric in policy.analysis.metrics
+                for variant in (Variant.BASELINE, Variant.CANARY)]
+
+    def measure(m: tuple[Metric, Variant]) -> Side:
+        return _measure(prom, policy, m[0], m[1], workloads, now, window, namespace)
+
+    sides = list(queries.map(measure, measures) if queries else map(measure, measures))
+    return tuple(Step(sides[i], sides[i + 1]) for i in range(0, len(sides), 2))
+
+
+@dataclass(frozen=True)
+class _Running:
+    key: Hashable
+    until: float
+    future: Future[tuple[Step, ...]]
+
+
+class Looks:
+    """Analysis looks in the background, so a slow Prometheus holds no reconcile: a look is
+    started when an app's analysis is due and taken by a later observation of the app (the
+    same reconcile's, when it ends in time). At most `workers` queries run at once, across
+    all apps; `notify` is called as each look ends (the loop wakes)."""
+
+    def __init__(self, prometheus: Prometheus, workers: int = 32,
+                 notify: Callable[[], None] = lambda: None) -> None:
+        self.prometheus, self.notify = prometheus, notify
+        self._queries = ThreadPoolExecutor(workers, thread_name_prefix="query")
+        # The looks wait on their queries: a pool of their own, or they could take every
+        # worker the queries need.
+        self._looks = ThreadPoolExecutor(workers, thread_name_prefix="look")
+        self._running: dict[str, _Running] = {}
+
+    def take(self, app: str, key: Hashable, policy: Policy,
+             workloads: Sequence[tuple[str, str]], since: float, now: float,
+             namespaces: Sequence[str]) -> tuple[tuple[Step, ...], float] | None:
+        """The steps of the app's look over (since, until] and `until` once it has ended;
+        None while it runs (started now if it was not). A look of another `key` (a newer
+        canary, a later start) is superseded."""
+        found = self._running.get(app)
+        if found is not None and found.key == key:
+            if not found.future.done():
+                return None
+            del self._running[app]
+            return found.future.result(), found.until  # a query Prometheus refused: raises
+        future = self._looks.submit(look, self.prometheus, policy, workloads, since, now,
+                                    namespaces, self._queries)
+        future.add_done_callback(lambda _: self.notify())
+        self._running[app] = _Running(key, now, future)
+        return None
+
+    def running(self, app: str) -> bool:
+        found = self._running.get(app)
+        return found is not None and not found.future.done()
+
+    def wait(self, apps: Sequence[str], timeout: float) -> None:
+        futures = [self._running[a].future for a in apps if a in self._running]
+        if futures:
+            wait(futures, timeout=timeout)
+
+    def close(self) -> None:
+        self._looks.shutdown(wait=False, cancel_futures=True)
+        self._queries.shutdown(wait=False, cancel_futures=True)
 
 
 def analyze(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]],

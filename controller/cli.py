@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                      default=duration(os.environ.get("GITOPS_CANARY_RESYNC", "5m")),
                      help="compare every app with the cluster at least this often, ±10%% "
                           "(default 5m): drift is corrected (per app: drift: report)")
+    run.add_argument("--analysis-workers", type=int, default=32,
+                     help="Prometheus queries in flight at once, across all apps (default 32): "
+                          "looks run in the background, so a slow Prometheus holds no app")
     run.add_argument("--namespaces", default=os.environ.get("GITOPS_CANARY_NAMESPACES"),
                      help="comma-separated namespaces apps may use (default: all)")
     run.add_argument("--allow-cluster-kind", action="append", default=[], metavar="KIND",
@@ -241,6 +244,8 @@ def _run(args: argparse.Namespace) -> int:
     from controller.reconcile import Reconciler
     from controller.run import loop
 
+    if args.analysis_workers < 1:
+        raise CanaryError(f"--analysis-workers must be at least 1; got {args.analysis_workers}")
     if args.leader_election and not 0 < 2 * args.lease_renew <= args.lease_duration:
         raise CanaryError(f"--lease-renew ({args.lease_renew:g}s) must be at most half of "
                           f"--lease-duration ({args.lease_duration:g}s)")
@@ -261,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     reconciler = Reconciler(source, kube, sink, _prometheus(args), promotions=promotions,
                             tools=Tools.found(args.kustomize, args.helm),
                             prune=args.prune == "true", resync=args.resync,
+                            analysis_workers=args.analysis_workers,
                             propose_on_failure=args.promote_pr == "always",
                             allowed_signers=args.allowed_signers,
                             forge_approvers=forge_approvers)

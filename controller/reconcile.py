@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller import failpoints
-from controller.analysis import look, recording
+from controller.analysis import Looks, recording
 from controller.approvals import ForgeApprovers, Gate
 from controller.apps import AppReader, Desired
 from controller.domain.drift import Drift
@@ -105,6 +105,8 @@ class Result:
 
 
 CRASH_BACKOFF, CRASH_BACKOFF_MAX = 5.0, 600.0
+LOOK_WAIT = 5.0  # seconds a reconcile waits for the looks it started before deciding on them
+ANALYSIS_WORKERS = 32  # Prometheus queries in flight at once, across all apps
 CANARY_PHASES = (Phase.PROGRESSING, Phase.ANALYZING, Phase.AWAITING, Phase.FAILED)
 
 
@@ -160,10 +162,14 @@ class Reconciler:
                  allowed_signers: Path | None = None,
                  forge_approvers: ForgeApprovers | None = None,
                  tools: Tools | None = None, prune: bool = True,
-                 resync: float = 300.0) -> None:
+                 resync: float = 300.0, analysis_workers: int = ANALYSIS_WORKERS) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
         self.prune = prune  # False (--prune=false): nothing is ever deleted for leaving git
         self.prometheus = prometheus
+        self.wake: Callable[[], None] = lambda: None  # the loop's: a look has ended
+        self.looks = Looks(prometheus, analysis_workers, lambda: self.wake()) \
+            if prometheus is not None else None
+        self._looking: set[str] = set()  # folders whose look runs: judged in a second sweep
         self.promotions, self.propose_on_failure = promotions, propose_on_failure
         self.reader = AppReader(source, tools)
         self.follow_ups = FollowUps(source, promotions)
@@ -183,8 +189,34 @@ class Reconciler:
             return Result(None, error=str(error))
         folders = self.source.apps(head)
         claims = Claims(records, {f.path for f in folders})
+        self._looking = set()
+        outcomes, complete = self._sweep(head, folders, records, claims)
+        if self._looking and self.looks is not None:
+            # Looks started this pass run in the background: what ends within LOOK_WAIT is
+            # judged now, in a second sweep of just those apps; the rest on a later pass.
+            looking = [f for f in folders if f.path in self._looking]
+            self.looks.wait([o.app for o in outcomes if o.record.path in self._looking],
+                            LOOK_WAIT)
+            done = {AppName(o.app): o for o in outcomes}
+            latest = {**records, **{app: o.record for app, o in done.items()}}
+            again, _ = self._sweep(head, looking, latest, claims)
+            done.update({AppName(o.app): o for o in again})
+            outcomes = list(done.values())
+        if self.prune and complete:
+            paths = {f.path for f in folders}
+            for record in records.values():
+                # A folder moved elsewhere took its app along this pass: not removed.
+                if record.path is not None and record.path not in paths and \
+                        not claims.taken(record.app):
+                    self._removed(head, record)
+        return Result(head, tuple(outcomes))
+
+    def _sweep(self, head: Sha, folders: list[AppFolder], records: dict[AppName, Record],
+               claims: Claims) -> tuple[list[Outcome], bool]:
+        """Reconcile each folder, then post every status: (outcomes, whether every folder
+        was reconciled; only then may a missing one be pruned)."""
         outcomes = []
-        complete = True  # every folder reconciled: only then may a missing one be pruned
+        complete = True
         for folder in folders:
             crash = self._crashes.get(folder.path)
             if crash is not None and crash.tree == folder.inputs and \
@@ -200,15 +232,7 @@ class Reconciler:
             self._crashes.pop(folder.path, None)
             if outcome is not None:
                 outcomes.append(outcome)
-        outcomes = self._post(outcomes)
-        if self.prune and complete:
-            paths = {f.path for f in folders}
-            for record in records.values():
-                # A folder moved elsewhere took its app along this pass: not removed.
-                if record.path is not None and record.path not in paths and \
-                        not claims.taken(record.app):
-                    self._removed(head, record)
-        return Result(head, tuple(outcomes))
+        return self._post(outcomes), complete
 
     def _removed(self, head: Sha, record: Record) -> None:
         """An app folder gone from git: the objects its inventory names (and that no other
@@ -286,6 +310,8 @@ class Reconciler:
                  ",".join(outcome.actions) or "none", (time.monotonic() - started) * 1000)
         if isinstance(desired, Desired):
             due = analysis_due_at(outcome.record, desired.policy.analysis)
+            if due is not None and self.looks is not None and self.looks.running(app):
+                due = self.clock() + 1.0  # its end wakes the loop; this is the fallback
             outcome = dataclasses.replace(outcome, next_analysis=due)
         return outcome
 
@@ -421,8 +447,8 @@ class Reconciler:
             variants_drift=tuple(str(d) for d in lost),
         )
         observation = self._overdue(record, observation, variants, policy, now)
-        if self.prometheus is not None and analysis_due(record, policy.analysis, now):
-            observation = self._look(self.prometheus, record, observation, desired, judged, now)
+        if self.looks is not None and analysis_due(record, policy.analysis, now):
+            observation = self._look(self.looks, record, observation, desired, judged, now)
         return observation, rendered, variants, [*(drift or ()), *lost]
 
     def _overdue(self, record: Record, observation: Observation, variants: list[KubeObject],
@@ -435,18 +461,24 @@ class Reconciler:
         return dataclasses.replace(observation, not_ready=self.kube.pod_problems(
             v for v in variants if v["kind"] in WORKLOAD_KINDS))
 
-    @staticmethod
-    def _look(prometheus: Prometheus, record: Record, observation: Observation,
-              desired: Desired, judged: list[Manifest], now: float) -> Observation:
+    def _look(self, looks: Looks, record: Record, observation: Observation, desired: Desired,
+              judged: list[Manifest], now: float) -> Observation:
         """One look: what the judged workloads' variants served since the last, added to the
-        evidence the record keeps, and the assessment of it all."""
+        evidence the record keeps, and the assessment of it all. Started now, it is judged
+        once it has ended (in this reconcile's second sweep, or a later reconcile)."""
         policy = desired.policy
-        recorded = resume(record.evidence, recording(policy, policy.app, desired.revision))
         since = record.last_analysis or record.ready_at or now
-        steps = look(prometheus, policy, [(m.kind, m.name) for m in judged], since, now,
-                     [m.key[1] for m in judged])
+        key = (record.canary_revision, record.canary_fingerprint, since,
+               tuple(m.key for m in judged))
+        taken = looks.take(policy.app, key, policy, [(m.kind, m.name) for m in judged], since,
+                           now, [m.key[1] for m in judged])
+        if taken is None:
+            self._looking.add(desired.folder.path)
+            return observation
+        steps, until = taken
+        recorded = resume(record.evidence, recording(policy, policy.app, desired.revision))
         recorded = recorded.add(steps).bounded()
-        return dataclasses.replace(observation, analysis=recorded.assess(),
+        return dataclasses.replace(observation, analysis=recorded.assess(), analysed_until=until,
                                    evidence=json.dumps(to_document(recorded), sort_keys=True))
 
     def _adoptable(self, rendered: Rendered, workloads: list[Manifest],

@@ -72,6 +72,7 @@ def loop(reconciler: Reconciler, interval: float, stop: threading.Event,
     """Reconcile until `stop`. With `leading`, reconcile only while it says so: it is asked
     before each reconcile, so a leader that could not renew its Lease in time stops at once."""
     wake = wake or threading.Event()
+    reconciler.wake = wake.set  # a look that ends in the background wakes the loop
     observer = watch(reconciler.source.url, wake)
     try:
         while not stop.is_set():

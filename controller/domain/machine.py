@@ -112,6 +112,7 @@ class Observation:
     variants_ready: bool = False
     variant_replicas: int = 0
     analysis: Assessment | None = None  # made just now (when analysis_due said so)
+    analysed_until: float | None = None  # the end of the look it adds (its queries' time)
     evidence: str | None = None  # the evidence it was made on (replay input, JSON)
     analysis_enabled: bool = True  # False when the controller has no Prometheus to ask
     propose_on_failure: bool = False  # open a promote request for a failed canary too
@@ -435,7 +436,8 @@ def _judged(record: Record, obs: Observation, assessment: Assessment, now: float
     text = summary(assessment, final=overdue)  # as it stands; with what comes next:
     awaiting, analysing = (summary(assessment, suffix=suffix)
                            for suffix in ("; awaiting promotion", "; analysing"))
-    record = dataclasses.replace(record, last_analysis=now, analysis=_json(assessment),
+    until = obs.analysed_until if obs.analysed_until is not None else now
+    record = dataclasses.replace(record, last_analysis=until, analysis=_json(assessment),
                                  evidence=obs.evidence)
     auto_yes = (Action.COMMIT_APPROVAL,) if obs.judgment_auto else ()
     auto_no = (Action.COMMIT_REVERT,) if obs.judgment_auto else ()

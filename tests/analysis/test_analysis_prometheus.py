@@ -10,10 +10,13 @@ canary fails on the latency histogram.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import secrets
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.analysis import analyze, look, recording
+from controller.analysis import Looks, analyze, look, recording
 from controller.domain.policy import Analysis, Metric, Policy
 from controller.domain.replay import resume, to_document
 from controller.domain.sequential import Counts, Result, Verdict
@@ -100,10 +103,12 @@ class Variants:
 @pytest.fixture
 def variants(prometheus: PrometheusServer, fortio: str, tmp_path: Path,
              request: pytest.FixtureRequest) -> Iterator[Variants]:
-    """baseline pod on 127.20.0.1, canary pod on 127.20.0.2; (rate, rate[, canary latency ms])
+    """baseline pod on 127.20.X.1, canary pod on 127.20.X.2 (X drawn per test, so two test
+    runs on one machine rarely load each other's apps: 1 in 256); (rate, rate[, canary latency ms])
     from the test's param. Nothing is loaded yet."""
     baseline_rate, canary_rate, *slow = request.param
-    ips = {"baseline": "127.20.0.1", "canary": "127.20.0.2"}
+    block = secrets.randbelow(256)
+    ips = {"baseline": f"127.20.{block}.1", "canary": f"127.20.{block}.2"}
     # New pods, new names: series of an earlier test must not mix into this one's window.
     suffix = uuid.uuid4().hex[:5]
     pods = {v: f"sampleapp-{v}-5d8f7-{suffix}" for v in ("baseline", "canary")}
@@ -229,3 +234,75 @@ def test_unreachable_prometheus_is_inconclusive_never_a_pass() -> None:
     assessment = analyze(nobody, POLICY, WORKLOADS, time.time() - 60, time.time())
     assert assessment.verdict is Verdict.INCONCLUSIVE
     assert [m.result for m in assessment.metrics] == [Result.NODATA]
+
+
+@dataclass
+class Slow:
+    url: str
+    in_flight: list[int]  # [now, most at once]
+
+
+@pytest.fixture
+def slow_prometheus(prometheus: PrometheusServer) -> Iterator[Slow]:
+    """The real Prometheus behind a loopback proxy that holds every query for a second, as a
+    loaded Prometheus does; it counts the queries in flight at once."""
+    upstream = httpx.Client(base_url=prometheus.url, timeout=10)
+    counts, lock = [0, 0], threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                counts[0] += 1
+                counts[1] = max(counts)
+            try:
+                time.sleep(1.0)
+                answer = upstream.get(self.path)
+            finally:
+                with lock:
+                    counts[0] -= 1
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Slow(f"http://127.0.0.1:{server.server_address[1]}", counts)
+    finally:
+        server.shutdown()
+        server.server_close()
+        upstream.close()
+
+
+@pytest.mark.parametrize("variants", [(10, 20)], indirect=True)
+def test_looks_run_in_the_background_their_queries_side_by_side(variants: Variants,
+                                                                 slow_prometheus: Slow) -> None:
+    """A slow Prometheus holds no caller: `take` starts a look and returns at once; the looks
+    of several apps query side by side, within the worker limit, and count what a look made
+    in the foreground counts."""
+    variants.load(300)
+    now = time.time()
+    expected = look(variants.prom, POLICY, WORKLOADS, variants.started, now)
+    slow = Prometheus(slow_prometheus.url)
+    ended = []
+    looks = Looks(slow, workers=6, notify=lambda: ended.append(1))
+    apps = [f"app-{i}" for i in range(4)]
+    try:
+        for app in apps:  # 4 looks of 4 queries each, every query held for a second
+            assert looks.take(app, "k", POLICY, WORKLOADS, variants.started, now, ()) is None
+        assert all(looks.running(app) for app in apps)  # nothing waited for them
+        looks.wait(apps, timeout=60)
+        for app in apps:
+            taken = looks.take(app, "k", POLICY, WORKLOADS, variants.started, now, ())
+            assert taken == (expected, now)
+    finally:
+        looks.close()
+        slow.close()
+    assert len(ended) == 4
+    assert 2 <= slow_prometheus.in_flight[1] <= 6  # side by side, never above the limit
