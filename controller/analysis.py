@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 from controller.domain.policy import Metric, Policy
 from controller.domain.promql import fill, variables
@@ -45,26 +46,36 @@ def recording(policy: Policy, app: str = "", revision: str = "") -> Recorded:
                     tuple(() for _ in specs), extra)
 
 
-def _measure(prom: Prometheus, policy: Policy, metric: Metric, variant: Variant,
-             workloads: Sequence[tuple[str, str]], now: float, window: int,
-             namespace: str) -> Side:
-    values = variables(policy.app, namespace, str(variant), workloads, window)
+def _queries(prom: Prometheus, metric: Metric, values: dict[str, str],
+             now: float) -> list[Callable[[], Any]]:
+    """The queries one variant's side of a metric needs (a ratio: good and total)."""
+    if metric.kind == "ratio":
+        return [lambda: prom.scalar(fill(metric.good, values), at=now),
+                lambda: prom.scalar(fill(metric.total, values), at=now)]
+    if metric.kind == "histogram":
+        return [lambda: prom.vector(fill(metric.query, values), at=now)]
+    return [lambda: prom.scalar(fill(metric.query, values), at=now)]
+
+
+def _side(metric: Metric, answers: list[Any]) -> Side:
+    if metric.kind == "ratio":
+        good, total = answers
+        if good is None or total is None:
+            return None
+        # increase() extrapolates per series: round to counts, good never above total.
+        counts = max(round(total), 0)
+        return Counts(min(max(round(good), 0), counts), counts)
+    if metric.kind == "histogram":
+        return _buckets(answers[0])
+    return None if answers[0] is None else (answers[0],)
+
+
+def _asked(call: Callable[[], Any]) -> Any:
+    """A query's answer, or the TransientError that stands for no data."""
     try:
-        if metric.kind == "ratio":
-            good = prom.scalar(fill(metric.good, values), at=now)
-            total = prom.scalar(fill(metric.total, values), at=now)
-            if good is None or total is None:
-                return None
-            # increase() extrapolates per series: round to counts, good never above total.
-            counts = max(round(total), 0)
-            return Counts(min(max(round(good), 0), counts), counts)
-        if metric.kind == "histogram":
-            return _buckets(prom.vector(fill(metric.query, values), at=now))
-        value = prom.scalar(fill(metric.query, values), at=now)
-        return None if value is None else (value,)
+        return call()
     except TransientError as error:
-        log.warning("metric %s (%s): %s: no data", metric.name, variant, error)
-        return None
+        return error
 
 
 def _buckets(result: list[tuple[dict[str, str], float]]) -> Buckets | None:
@@ -92,16 +103,25 @@ def look(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]],
     """Each metric's increments of both variants over (since, now]. `{{ namespace }}` is the
     namespace the judged workloads live in (canary.yaml's when not given); for workloads in
     several, an alternation `a|b`, which templates match with `namespace=~`. With `queries`,
-    the measures run there, all at once."""
+    every query of the look runs there at once (a ratio's good and total too)."""
     window = max(1, math.ceil(now - since))
     namespace = "|".join(sorted(set(namespaces))) or policy.namespace
-    measures = [(metric, variant) for metric in policy.analysis.metrics
-                for variant in (Variant.BASELINE, Variant.CANARY)]
-
-    def measure(m: tuple[Metric, Variant]) -> Side:
-        return _measure(prom, policy, m[0], m[1], workloads, now, window, namespace)
-
-    sides = list(queries.map(measure, measures) if queries else map(measure, measures))
+    asked = [(metric, variant, _queries(prom, metric, variables(
+                policy.app, namespace, str(variant), workloads, window), now))
+             for metric in policy.analysis.metrics
+             for variant in (Variant.BASELINE, Variant.CANARY)]
+    calls = [call for _, _, queries_of in asked for call in queries_of]
+    # Every query of the look at once when a pool is given; a refused query raises.
+    answers = iter(list(queries.map(_asked, calls)) if queries else [_asked(c) for c in calls])
+    sides: list[Side] = []
+    for metric, variant, queries_of in asked:
+        mine = [next(answers) for _ in queries_of]
+        failed = next((a for a in mine if isinstance(a, TransientError)), None)
+        if failed is not None:
+            log.warning("metric %s (%s): %s: no data", metric.name, variant, failed)
+            sides.append(None)
+        else:
+            sides.append(_side(metric, mine))
     return tuple(Step(sides[i], sides[i + 1]) for i in range(0, len(sides), 2))
 
 
