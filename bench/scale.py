@@ -27,19 +27,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.server
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from benchlib import (
     DeployRepo,
     Summary,
@@ -241,34 +238,6 @@ def timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-@contextlib.contextmanager
-def delayed(upstream: str, delay: float) -> Iterator[str]:
-    """A loopback proxy in front of a real Prometheus that answers after `delay` seconds."""
-    forward = httpx.Client(base_url=upstream, timeout=30)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            time.sleep(delay)
-            answer = forward.get(self.path)
-            self.send_response(answer.status_code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        forward.close()
-
-
 def canaries(api: client.ApiClient, count: int, delay: float, workers: int,
              root: Path) -> dict[str, Any]:
     """`count` apps in analysis, looks due on every pass: one pass's wall time."""
@@ -277,7 +246,7 @@ def canaries(api: client.ApiClient, count: int, delay: float, workers: int,
         state = root / "prometheus"
         prom = localprometheus.start(state)
         stack.callback(localprometheus.stop, state)
-        url = stack.enter_context(delayed(prom.url, delay))
+        url = stack.enter_context(localprometheus.slowed(prom.url, delay)).url
         (root / "repo").mkdir(parents=True)
         repo = DeployRepo.create(root / "repo")
         for i in range(count):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import re
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from controller.domain.policy import (
 )
 from controller.domain.render import fingerprint
 from controller.domain.types import Fingerprint, Sha
-from controller.edges.git import AppFolder, FileEntry, GitRepo
+from controller.edges.git import AppFolder, FileEntry, GitRepo, synchronized
 from controller.edges.renderers import Tools
 from controller.errors import CanaryError, InputError
 
@@ -65,12 +66,15 @@ class AppReader:
         self._parsed_bytes = 0
         self._revisions: dict[tuple[Sha, str, Fingerprint], Sha] = {}
         self._policies: dict[tuple[str, str], Policy] = {}
+        self._lock = threading.RLock()  # the caches are shared by the apps' worker threads
 
+    @synchronized
     def desired(self, head: Sha, folder: AppFolder) -> Desired:
         policy, manifests = self.parse(folder, folder.tree, folder.root)
         fp = fingerprint(manifests, policy.governance, policy.direct)
         return Desired(folder, policy, manifests, fp, self.revision(head, folder, fp))
 
+    @synchronized
     def parse(self, folder: AppFolder, tree: str, root: str = "") -> tuple[Policy, list[Manifest]]:
         """The app at a folder tree; `root`, the commit's root tree, matters to Kustomize."""
         key = (folder.path, tree, root if folder.kustomize else "")
@@ -150,6 +154,7 @@ class AppReader:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.repo.read_bytes(entry))
 
+    @synchronized
     def find(self, head: Sha, app: str) -> AppFolder:
         """The folder of the app named `app` (by `app:` or folder name) at a commit."""
         names = []
@@ -164,6 +169,7 @@ class AppReader:
         raise InputError(POLICY_FILE, "app", f"no app named {app} (found: "
                                              f"{', '.join(names) or 'none'})")
 
+    @synchronized
     def approval_commit(self, head: Sha, folder: AppFolder, approval: str) -> Sha | None:
         """The commit that brought the current `promote:` value into the branch: on the
         branch's first-parent line, the newest change to canary.yaml before which the value was
@@ -184,6 +190,7 @@ class AppReader:
         except InputError:
             return None
 
+    @synchronized
     def policy_at(self, commit: Sha, folder: AppFolder) -> Policy | None:
         """The app's policy as it was at a commit (None when the folder or its canary.yaml was
         not there, or did not parse): the policy of the revision stable runs governs who may
@@ -199,6 +206,7 @@ class AppReader:
         except InputError:
             return None
 
+    @synchronized
     def manifests_at(self, commit: Sha, folder: AppFolder) -> list[Manifest] | None:
         """The app's objects as they were at a commit (None when the commit, the folder or
         its objects are not to be had): what stable runs, as git says it, for the baseline."""
@@ -214,6 +222,7 @@ class AppReader:
         except InputError:
             return None
 
+    @synchronized
     def policy(self, folder: AppFolder, tree: str) -> Policy:
         """Only the folder's canary.yaml, parsed: nothing rendered. Cached by tree (the
         governing policy is asked for on every reconcile of an app in flight)."""
@@ -242,6 +251,7 @@ class AppReader:
                 self._fingerprints[key] = None
         return self._fingerprints[key]
 
+    @synchronized
     def revision(self, head: Sha, folder: AppFolder, fp: Fingerprint) -> Sha:
         """Walk back the commits that touched the folder until the one whose parent ran
         something else: that commit started the running spec. A Kustomize app may change by

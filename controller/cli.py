@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                      default=duration(os.environ.get("GITOPS_CANARY_RESYNC", "5m")),
                      help="compare every app with the cluster at least this often, ±10%% "
                           "(default 5m): drift is corrected (per app: drift: report)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="apps reconciled at once (default: 4 per core, at most 8); one app "
+                          "is never reconciled twice at once")
     run.add_argument("--analysis-workers", type=int, default=32,
                      help="Prometheus queries in flight at once, across all apps (default 32): "
                           "looks run in the background, so a slow Prometheus holds no app")
@@ -244,6 +247,8 @@ def _run(args: argparse.Namespace) -> int:
     from controller.reconcile import Reconciler
     from controller.run import loop
 
+    if args.workers is not None and args.workers < 1:
+        raise CanaryError(f"--workers must be at least 1; got {args.workers}")
     if args.analysis_workers < 1:
         raise CanaryError(f"--analysis-workers must be at least 1; got {args.analysis_workers}")
     if args.leader_election and not 0 < 2 * args.lease_renew <= args.lease_duration:
@@ -267,6 +272,7 @@ def _run(args: argparse.Namespace) -> int:
                             tools=Tools.found(args.kustomize, args.helm),
                             prune=args.prune == "true", resync=args.resync,
                             analysis_workers=args.analysis_workers,
+                            **({"workers": args.workers} if args.workers else {}),
                             propose_on_failure=args.promote_pr == "always",
                             allowed_signers=args.allowed_signers,
                             forge_approvers=forge_approvers)

@@ -1,10 +1,12 @@
 """One reconcile of every app: observe → decide → act → record, as a straight line.
 
-Observe reads git (the app folder at the branch head) and the cluster (live stable, variants);
-decide is the pure state machine; act applies or deletes through the Kubernetes edge; record
-posts commit statuses and saves the app's record in the cluster. A failed stage records its own
-reason: input errors and refused writes become an error status, transient failures are logged
-and retried on the next reconcile with nothing half-done.
+Observe reads git (the app folder at the branch head) and the cluster (live stable, variants;
+every `--resync` also what differs from git: drift); decide is the pure state machine; act
+applies or deletes through the Kubernetes edge; record posts the commit statuses of every app
+together at the end of the sweep and saves each app's record in the cluster. A failed stage
+records its own reason: input errors and refused writes become an error status, transient
+failures are logged and retried on the next reconcile with nothing half-done. Analysis looks
+run in the background (`Looks`): the apps whose look ends within LOOK_WAIT are swept again.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from controller import failpoints
 from controller.analysis import Looks, recording
@@ -70,6 +75,7 @@ from controller.edges.renderers import Tools
 from controller.edges.statuses import Posting, StatusSink, post_all
 from controller.errors import CanaryError, InputError, TransientError
 from controller.followups import FollowUps
+from controller.isolation import Claims, Crashes
 from controller.promotions import PromotionRequests
 
 log = logging.getLogger(__name__)
@@ -85,6 +91,15 @@ class Outcome:
     drift: tuple[Drift, ...] = ()  # corrected just now, or newly reported
     drift_corrected: bool = False
     saved: Record | None = None  # the record as the cluster has it, until the statuses go
+
+
+class Claimed(NamedTuple):
+    """A folder whose app it owns, to be reconciled this sweep."""
+
+    folder: AppFolder
+    app: AppName
+    desired: Desired | InputError
+    check: bool  # compare with the cluster (a resync is due)
 
 
 @dataclass(frozen=True)
@@ -104,40 +119,11 @@ class Result:
         return min(due) if due else None
 
 
-CRASH_BACKOFF, CRASH_BACKOFF_MAX = 5.0, 600.0
 LOOK_WAIT = 5.0  # seconds a reconcile waits for the looks it started before deciding on them
 ANALYSIS_WORKERS = 32  # Prometheus queries in flight at once, across all apps
+# Apps reconciled at once: their time is spent waiting on the API server, git and forges.
+WORKERS = min(8, 4 * (os.cpu_count() or 1))
 CANARY_PHASES = (Phase.PROGRESSING, Phase.ANALYZING, Phase.AWAITING, Phase.FAILED)
-
-
-@dataclass
-class Crash:
-    tree: str
-    failures: int
-    retry_at: float  # monotonic
-    message: str
-    reported: bool = False
-
-
-class Claims:
-    """Which folder owns which app name: the one its record names, while that folder still
-    exists; a name without a record goes to the first folder (in path order) that claims it."""
-
-    def __init__(self, records: dict[AppName, Record], paths: set[str]) -> None:
-        self.by_path = {r.path: r for r in records.values() if r.path is not None}
-        self._owners = {app: r.path for app, r in records.items()
-                        if r.path is not None and r.path in paths}
-
-    def owner(self, app: AppName, path: str) -> str | None:
-        """The folder that owns `app` when it is not `path` (None: `path` may take it)."""
-        owner = self._owners.get(app)
-        return owner if owner is not None and owner != path else None
-
-    def take(self, app: AppName, path: str) -> None:
-        self._owners.setdefault(app, path)
-
-    def taken(self, app: AppName) -> bool:
-        return app in self._owners
 
 
 def _running(live: KubeObject | None, desired: object) -> int:
@@ -162,7 +148,8 @@ class Reconciler:
                  allowed_signers: Path | None = None,
                  forge_approvers: ForgeApprovers | None = None,
                  tools: Tools | None = None, prune: bool = True,
-                 resync: float = 300.0, analysis_workers: int = ANALYSIS_WORKERS) -> None:
+                 resync: float = 300.0, analysis_workers: int = ANALYSIS_WORKERS,
+                 workers: int = WORKERS) -> None:
         self.source, self.kube, self.sink, self.clock = source, kube, sink, clock
         self.prune = prune  # False (--prune=false): nothing is ever deleted for leaving git
         self.prometheus = prometheus
@@ -170,12 +157,13 @@ class Reconciler:
         self.looks = Looks(prometheus, analysis_workers, lambda: self.wake()) \
             if prometheus is not None else None
         self._looking: set[str] = set()  # folders whose look runs: judged in a second sweep
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="app")
         self.promotions, self.propose_on_failure = promotions, propose_on_failure
         self.reader = AppReader(source, tools)
         self.follow_ups = FollowUps(source, promotions)
         self.gate = Gate(source, self.reader, allowed_signers, forge_approvers)
         self._refused_claims: set[tuple[str, str]] = set()
-        self._crashes: dict[str, Crash] = {}  # by folder: an app's own unit of failure
+        self.crashes = Crashes(source)  # by folder: an app's own unit of failure
         self.resync = Resync(resync)  # when each app is next compared with the cluster
 
     # --- the loop body ----------------------------------------------------------------------
@@ -191,17 +179,8 @@ class Reconciler:
         claims = Claims(records, {f.path for f in folders})
         self._looking = set()
         outcomes, complete = self._sweep(head, folders, records, claims)
-        if self._looking and self.looks is not None:
-            # Looks started this pass run in the background: what ends within LOOK_WAIT is
-            # judged now, in a second sweep of just those apps; the rest on a later pass.
-            looking = [f for f in folders if f.path in self._looking]
-            self.looks.wait([o.app for o in outcomes if o.record.path in self._looking],
-                            LOOK_WAIT)
-            done = {AppName(o.app): o for o in outcomes}
-            latest = {**records, **{app: o.record for app, o in done.items()}}
-            again, _ = self._sweep(head, looking, latest, claims)
-            done.update({AppName(o.app): o for o in again})
-            outcomes = list(done.values())
+        if self._looking:
+            outcomes = self._judge_looks(head, folders, records, claims, outcomes)
         if self.prune and complete:
             paths = {f.path for f in folders}
             for record in records.values():
@@ -211,27 +190,52 @@ class Reconciler:
                     self._removed(head, record)
         return Result(head, tuple(outcomes))
 
+    def _judge_looks(self, head: Sha, folders: list[AppFolder], records: dict[AppName, Record],
+                     claims: Claims, outcomes: list[Outcome]) -> list[Outcome]:
+        """Looks started this pass run in the background: those that end within LOOK_WAIT
+        are judged now, in a second sweep of just their apps; the rest on a later pass."""
+        assert self.looks is not None
+        self.looks.wait([o.app for o in outcomes if o.record.path in self._looking], LOOK_WAIT)
+        done = {AppName(o.app): o for o in outcomes}
+        latest = {**records, **{app: o.record for app, o in done.items()}}
+        again, _ = self._sweep(head, [f for f in folders if f.path in self._looking], latest,
+                               claims)
+        done.update({AppName(o.app): o for o in again})
+        return list(done.values())
+
     def _sweep(self, head: Sha, folders: list[AppFolder], records: dict[AppName, Record],
                claims: Claims) -> tuple[list[Outcome], bool]:
-        """Reconcile each folder, then post every status: (outcomes, whether every folder
-        was reconciled; only then may a missing one be pruned)."""
-        outcomes = []
+        """Claim every folder's app in path order, reconcile the claimed apps in the worker
+        pool, then post every status: (outcomes, whether every folder was reconciled; only
+        then may a missing one be pruned)."""
+        outcomes: list[Outcome] = []
         complete = True
+        work: list[Claimed] = []
         for folder in folders:
-            crash = self._crashes.get(folder.path)
-            if crash is not None and crash.tree == folder.inputs and \
-                    time.monotonic() < crash.retry_at:
-                complete = False
-                continue  # backing off; a new commit to the folder retries at once
-            try:
-                outcome = self._reconcile_app(head, folder, records, claims)
-            except Exception as error:  # one app's failure is that app's, never the loop's
-                self._crashed(head, folder, error)
+            if self.crashes.backing_off(folder):
                 complete = False
                 continue
-            self._crashes.pop(folder.path, None)
-            if outcome is not None:
-                outcomes.append(outcome)
+            try:
+                claimed = self._claim(head, folder, claims)
+            except Exception as error:  # one app's failure is that app's, never the loop's
+                self.crashes.crashed(head, folder, error, self.sink)
+                complete = False
+                continue
+            if isinstance(claimed, Claimed):
+                work.append(claimed)
+            else:
+                self.crashes.cleared(folder)
+                if claimed is not None:
+                    outcomes.append(claimed)
+        futures = [self._pool.submit(self._reconcile_app, head, c, records) for c in work]
+        for claimed, future in zip(work, futures, strict=True):
+            try:
+                outcomes.append(future.result())
+            except Exception as error:
+                self.crashes.crashed(head, claimed.folder, error, self.sink)
+                complete = False
+                continue
+            self.crashes.cleared(claimed.folder)
         return self._post(outcomes), complete
 
     def _removed(self, head: Sha, record: Record) -> None:
@@ -249,29 +253,10 @@ class Reconciler:
         except CanaryError as error:
             log.error("app %s: pruning after its folder left git: %s", record.app, error)
 
-    def _crashed(self, head: Sha, folder: AppFolder, error: Exception) -> None:
-        """Anything no stage expected: a log line with the traceback, an error status on the
-        folder's last commit (once per message), and exponential backoff for that app only."""
-        log.exception("app in %s failed; the other apps go on", folder.path or "/")
-        previous = self._crashes.get(folder.path)
-        failures = previous.failures + 1 if previous and previous.tree == folder.inputs else 1
-        delay = min(CRASH_BACKOFF * 2 ** (failures - 1), CRASH_BACKOFF_MAX)
-        message = f"{folder.path or '/'}: internal error ({type(error).__name__}: {error})"
-        crash = Crash(folder.inputs, failures, time.monotonic() + delay, message)
-        self._crashes[folder.path] = crash
-        if previous is not None and previous.message == message and previous.reported:
-            crash.reported = True
-            return
-        try:
-            sha = self.source.last_change(head, folder.path)
-            self.sink.post(folder.name, sha, StatusState.ERROR, message)
-            crash.reported = True
-        except Exception:  # reported on a later attempt
-            log.warning("app in %s: the error status could not be posted", folder.path)
-
-    def _reconcile_app(self, head: Sha, folder: AppFolder, records: dict[AppName, Record],
-                       claims: Claims) -> Outcome | None:
-        started = time.monotonic()
+    def _claim(self, head: Sha, folder: AppFolder, claims: Claims) -> Claimed | Outcome | None:
+        """In path order, before any app is reconciled: skip an app unchanged in git with
+        nothing in flight (an Outcome), refuse a folder claiming another's app name (None),
+        or say what the folder's app is (Claimed)."""
         prior = claims.by_path.get(folder.path)
         check = self.resync.due(folder.path)  # compare with the cluster (drift)
         if prior is not None and prior.observed_tree == folder.inputs and prior.error is None \
@@ -288,8 +273,15 @@ class Reconciler:
             self._refuse_claim(head, folder, app, owner)
             return None  # the app's record and objects are its owner's: nothing changes
         claims.take(app, folder.path)
-        record = dataclasses.replace(records.get(app) or Record(app=app), path=folder.path)
+        return Claimed(folder, app, desired, check)
 
+    def _reconcile_app(self, head: Sha, claimed: Claimed,
+                       records: dict[AppName, Record]) -> Outcome:
+        """One app, start to end: apps run side by side in the worker pool, each at most
+        once at a time (a reconcile claims every folder once)."""
+        started = time.monotonic()
+        folder, app, desired, check = claimed
+        record = dataclasses.replace(records.get(app) or Record(app=app), path=folder.path)
         try:
             now = self.clock()
             observation, rendered, variants, drifts = self._observe(head, folder, desired,

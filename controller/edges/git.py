@@ -21,11 +21,12 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ParamSpec, TypeVar
 
 import git
 
@@ -158,8 +159,24 @@ class Signature:
     principal: str  # who that key belongs to in the file ("" when not good)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def synchronized(method: Callable[P, R]) -> Callable[P, R]:
+    """The method holds its object's `_lock` (an RLock). GitPython reads objects through one
+    long-lived `git cat-file` per repository, which two threads must not share: the methods
+    that use it are synchronized."""
+    def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+    locked.__doc__, locked.__name__ = method.__doc__, method.__name__
+    return locked
+
+
 class GitRepo:
-    """Read access to a repository's commits and trees (a mirror or a person's clone)."""
+    """Read access to a repository's commits and trees (a mirror or a person's clone).
+    Safe to share between threads (apps are reconciled side by side)."""
 
     def __init__(self, repo: git.Repo, token: str | None = None, username: str = "git", *,
                  network_timeout: float = NETWORK_TIMEOUT,
@@ -170,6 +187,7 @@ class GitRepo:
         self._token = token
         self._env = git_env(token, username, ssh_configured=self._ssh_configured())
         self._apps_cache: dict[str, list[AppFolder]] = {}
+        self._lock = threading.RLock()
 
     def _ssh_configured(self) -> bool:
         try:
@@ -254,6 +272,7 @@ class GitRepo:
             self._apps_cache = {root: sorted(found, key=lambda a: a.path)}
         return self._apps_cache[root]
 
+    @synchronized
     def folder_tree(self, commit: Sha, path: str) -> str | None:
         tree = self.repo.commit(commit).tree
         try:
@@ -273,10 +292,12 @@ class GitRepo:
                 entries.append(FileEntry(path, mode, sha, int(size)))
         return entries
 
+    @synchronized
     def read_bytes(self, entry: FileEntry) -> bytes:
         data: bytes = self.repo.odb.stream(bytes.fromhex(entry.sha)).read()
         return data
 
+    @synchronized
     def subtree(self, root: str, path: str) -> str | None:
         """The tree of `path` within the root tree `root` (None: no such folder)."""
         if not path:
@@ -287,6 +308,7 @@ class GitRepo:
             return None
         return found.strip() or None
 
+    @synchronized
     def read_blob(self, entry: FileEntry) -> str:
         """A listed file's text: the caller checked its size against the limits."""
         data: bytes = self.repo.odb.stream(bytes.fromhex(entry.sha)).read()
@@ -297,14 +319,16 @@ class GitRepo:
         first parent (None when the folder did not exist there)."""
         shas = self._git("rev-list", head, "--", path or ".").split()
         for sha in shas:
-            commit = self.repo.commit(sha)
-            parent = commit.parents[0].hexsha if commit.parents else None
+            with self._lock:  # a generator: held for each step, never across a yield
+                commit = self.repo.commit(sha)
+                parent = commit.parents[0].hexsha if commit.parents else None
             yield Sha(sha), self.folder_tree(Sha(parent), path) if parent else None
 
     def last_change(self, head: Sha, path: str) -> Sha:
         first = self._git("rev-list", "-1", head, "--", path or ".").strip()
         return Sha(first or head)
 
+    @synchronized
     def author_email(self, sha: Sha) -> str:
         return str(self.repo.commit(sha).author.email)
 
@@ -314,6 +338,7 @@ class GitRepo:
         return [Sha(s) for s in
                 self._git("rev-list", "--first-parent", head, "--", path).split()]
 
+    @synchronized
     def first_parent(self, sha: Sha) -> Sha | None:
         parents = self.repo.commit(sha).parents
         return Sha(parents[0].hexsha) if parents else None
@@ -375,7 +400,8 @@ class GitSource(GitRepo):
         """Fetch the branch (and the status notes); return the head commit."""
         self._git("fetch", "--prune", "--no-tags", "origin",
                   f"+refs/heads/{self.branch}:{self.tracking_ref}")
-        return Sha(self.repo.commit(self.tracking_ref).hexsha)
+        with self._lock:
+            return Sha(self.repo.commit(self.tracking_ref).hexsha)
 
     def fetch_notes(self) -> None:
         """Make the local notes equal the remote's: notes that never reached it are dropped,
@@ -386,6 +412,7 @@ class GitSource(GitRepo):
         elif self._git("for-each-ref", NOTES_REF).strip():
             self._git("update-ref", "-d", NOTES_REF)
 
+    @synchronized
     def read_file(self, commit: Sha, path: str) -> str:
         blob = self.repo.commit(commit).tree / path
         Budget().spend_bytes(path, int(blob.size))  # one file's limit, before reading it

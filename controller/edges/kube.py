@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -149,18 +150,24 @@ class Kube:
         self.timeout = timeout
         self._dynamic: DynamicClient | None = None
         self._records: dict[AppName, tuple[str, Record]] = {}  # by resourceVersion
+        self._discovery = threading.RLock()
 
     @property
     def dynamic(self) -> DynamicClient:
-        if self._dynamic is None:
-            self._dynamic = _translate("API discovery",
-                                       lambda: _TimedClient(self.api, self.timeout))
-        return self._dynamic
+        with self._discovery:
+            if self._dynamic is None:
+                self._dynamic = _translate("API discovery",
+                                           lambda: _TimedClient(self.api, self.timeout))
+            return self._dynamic
 
     def resource(self, api_version: str, kind: str) -> Resource:
+        """The API resource of a kind. Discovery's cache is filled lazily, one thread at a
+        time (apps are reconciled side by side); every other call is a thread-safe request."""
         try:
-            found: Resource = _translate(f"discovering {kind}", lambda: self.dynamic.resources.get(
-                api_version=api_version, kind=kind))
+            with self._discovery:
+                found: Resource = _translate(f"discovering {kind}",
+                                             lambda: self.dynamic.resources.get(
+                                                 api_version=api_version, kind=kind))
             return found
         except ResourceNotFoundError:
             raise ApiError(f"the cluster has no kind {kind} in {api_version}") from None

@@ -8,10 +8,14 @@ nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import shutil
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +112,48 @@ def start(state: Path, scrape_interval: str = "1s") -> Prometheus:
 
 def stop(state: Path) -> list[int]:
     return Supervisor(state.resolve()).stop_all([NAME])
+
+
+@dataclass
+class Slowed:
+    url: str
+    in_flight: list[int] = field(default_factory=lambda: [0, 0])  # [now, most at once]
+
+
+@contextlib.contextmanager
+def slowed(upstream: str, delay: float) -> Iterator[Slowed]:
+    """A loopback proxy in front of a real Prometheus that holds every query for `delay`
+    seconds, as a loaded Prometheus does, and counts the queries in flight at once."""
+    forward = httpx.Client(base_url=upstream, timeout=30)
+    lock = threading.Lock()
+    seen = Slowed("")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                seen.in_flight[0] += 1
+                seen.in_flight[1] = max(seen.in_flight)
+            try:
+                time.sleep(delay)
+                answer = forward.get(self.path)
+            finally:
+                with lock:
+                    seen.in_flight[0] -= 1
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, name="slowed-prometheus", daemon=True).start()
+    seen.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        forward.close()

@@ -10,13 +10,11 @@ canary fails on the latency histogram.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import secrets
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from controller.edges.prometheus import Prometheus
 from localcluster import cluster as localcluster
 from localcluster.processes import free_port
 from localcluster.prometheus import Prometheus as PrometheusServer
+from localcluster.prometheus import Slowed, slowed
 
 pytestmark = pytest.mark.prometheus
 
@@ -236,53 +235,16 @@ def test_unreachable_prometheus_is_inconclusive_never_a_pass() -> None:
     assert [m.result for m in assessment.metrics] == [Result.NODATA]
 
 
-@dataclass
-class Slow:
-    url: str
-    in_flight: list[int]  # [now, most at once]
-
-
 @pytest.fixture
-def slow_prometheus(prometheus: PrometheusServer) -> Iterator[Slow]:
-    """The real Prometheus behind a loopback proxy that holds every query for a second, as a
-    loaded Prometheus does; it counts the queries in flight at once."""
-    upstream = httpx.Client(base_url=prometheus.url, timeout=10)
-    counts, lock = [0, 0], threading.Lock()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            with lock:
-                counts[0] += 1
-                counts[1] = max(counts)
-            try:
-                time.sleep(1.0)
-                answer = upstream.get(self.path)
-            finally:
-                with lock:
-                    counts[0] -= 1
-            self.send_response(answer.status_code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer.content)))
-            self.end_headers()
-            self.wfile.write(answer.content)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Slow(f"http://127.0.0.1:{server.server_address[1]}", counts)
-    finally:
-        server.shutdown()
-        server.server_close()
-        upstream.close()
+def slow_prometheus(prometheus: PrometheusServer) -> Iterator[Slowed]:
+    """The real Prometheus behind a loopback proxy that holds every query for a second."""
+    with slowed(prometheus.url, 1.0) as slow:
+        yield slow
 
 
 @pytest.mark.parametrize("variants", [(10, 20)], indirect=True)
 def test_looks_run_in_the_background_their_queries_side_by_side(variants: Variants,
-                                                                 slow_prometheus: Slow) -> None:
+                                                                 slow_prometheus: Slowed) -> None:
     """A slow Prometheus holds no caller: `take` starts a look and returns at once; the looks
     of several apps query side by side, within the worker limit, and count what a look made
     in the foreground counts."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import os
 import shlex
 import shutil
@@ -41,6 +40,7 @@ from pytest_docker import Services
 from localcluster import prometheus as localprometheus
 from localcluster.processes import free_port
 from tests.controller.conftest import DeployRepo, git
+from tests.install import rbac_copy
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -48,7 +48,6 @@ COMPOSE_FILE = HERE / "compose.yaml"
 CONTAINERS_CONF = REPO / "hack" / "images" / "containers.conf"
 INSTALL = REPO / "misc" / "install"
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
-RBAC_KINDS = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding"}
 COMPOSE_TIMEOUT = 120.0
 
 
@@ -114,22 +113,9 @@ def controller_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
 def moved(objects: list[dict[str, Any]], namespaces: dict[str, str], suffix: str
           ) -> list[dict[str, Any]]:
     """The install's RBAC objects in the test's namespaces, its ClusterRoles renamed."""
-    copies = []
-    for obj in objects:
-        if obj["kind"] not in RBAC_KINDS:
-            continue
-        obj = copy.deepcopy(obj)
-        meta = obj["metadata"]
-        if "namespace" in meta:
-            meta["namespace"] = namespaces[meta["namespace"]]
-        if obj["kind"] == "ClusterRole":
-            meta["name"] = f"{meta['name']}-{suffix}"
-        if obj.get("roleRef", {}).get("kind") == "ClusterRole":
-            obj["roleRef"]["name"] = f"{obj['roleRef']['name']}-{suffix}"
-        for subject in obj.get("subjects") or []:
-            subject["namespace"] = namespaces[subject["namespace"]]
-        copies.append(obj)
-    return copies
+    roles = {o["metadata"]["name"]: f"{o['metadata']['name']}-{suffix}" for o in objects
+             if o["kind"] == "ClusterRole"}
+    return rbac_copy(objects, namespaces, roles)
 
 
 def cluster_ca(kubeconfig: Path) -> bytes:

@@ -48,6 +48,7 @@ from controller.metrics import EVENTS, Metrics, serve
 from controller.reconcile import Outcome, Result
 from localcluster import prometheus as localprometheus
 from localcluster.processes import free_port
+from tests.install import RBAC_KINDS, rbac_copy
 from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,6 @@ CONTROLLER_YML = REPO / "misc" / "install" / "controller.yml"
 SERVICE_MONITOR_YML = REPO / "misc" / "install" / "service-monitor.yml"
 DASHBOARD_JSON = REPO / "misc" / "grafana-dashboard.json"
 
-RBAC_KINDS = {"ServiceAccount", "Role", "ClusterRole", "RoleBinding"}
 APPS_CLUSTER_ROLE = "gitops-canary-apps"
 # The seed's two Grafana panels, query for query (seed/canary-deployment-strategy-...txt).
 SEED_PANELS = {
@@ -245,28 +245,6 @@ class Installed:
     cluster_role: str  # the unique copy of gitops-canary-apps
     user: str  # the ServiceAccount's user name, as the API server says it
     as_controller: client.ApiClient  # authenticated with the ServiceAccount's token
-
-
-def rbac_copy(objects: list[dict[str, Any]], namespaces: dict[str, str],
-              cluster_roles: dict[str, str]) -> list[dict[str, Any]]:
-    """The RBAC objects of the install, moved to the test's namespaces and names."""
-    copies = []
-    for obj in objects:
-        if obj["kind"] not in RBAC_KINDS:
-            continue
-        obj = copy.deepcopy(obj)
-        meta = obj["metadata"]
-        if "namespace" in meta:
-            meta["namespace"] = namespaces[meta["namespace"]]
-        if obj["kind"] == "ClusterRole":
-            meta["name"] = cluster_roles[meta["name"]]
-        ref = obj.get("roleRef") or {}
-        if ref.get("kind") == "ClusterRole":
-            ref["name"] = cluster_roles[ref["name"]]
-        for subject in obj.get("subjects") or []:
-            subject["namespace"] = namespaces[subject["namespace"]]
-        copies.append(obj)
-    return copies
 
 
 @pytest.fixture(scope="module")
