@@ -11,6 +11,7 @@ pushes once for all of them; any other sink posts them in parallel, a few at a t
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,13 +88,21 @@ def format_note(lines: dict[str, tuple[str, str]]) -> str:
 
 
 class GitNotesSink:
+    """Posts hold a lock: a note is read, changed and written back whole, so two posts at
+    once (from `post_all`'s threads, through a wrapping sink) would lose one of the lines."""
+
     def __init__(self, source: GitSource, attempts: int = 3) -> None:
         self.source = source
         self.attempts = attempts
+        self._lock = threading.Lock()
 
     def post_many(self, postings: Sequence[Posting]) -> list[CanaryError | None]:
         """All in one notes commit per commit and one push: fetch the notes, add every line,
         push; pushed over by someone else, again from their notes."""
+        with self._lock:
+            return self._post_many(postings)
+
+    def _post_many(self, postings: Sequence[Posting]) -> list[CanaryError | None]:
         for attempt in range(1, self.attempts + 1):
             try:
                 self.source.fetch_notes()
@@ -127,6 +136,10 @@ class GitNotesSink:
         return [None] * len(postings)
 
     def post(self, app: str, sha: Sha, state: StatusState, description: str) -> bool:
+        with self._lock:
+            return self._post(app, sha, state, description)
+
+    def _post(self, app: str, sha: Sha, state: StatusState, description: str) -> bool:
         context, entry = context_for(app), (str(state), clip(description))
         for attempt in range(1, self.attempts + 1):
             self.source.fetch_notes()

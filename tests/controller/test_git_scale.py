@@ -8,7 +8,7 @@ from pathlib import Path
 
 from controller.domain.types import Sha, StatusState
 from controller.edges.git import GitSource
-from controller.edges.statuses import GitNotesSink, parse_note
+from controller.edges.statuses import GitNotesSink, Posting, parse_note, post_all
 from tests.controller.conftest import DeployRepo, deployment, git
 
 
@@ -55,3 +55,30 @@ def test_a_commit_note_holds_a_line_for_each_of_a_thousand_apps(deploy_repo: Dep
     written = parse_note(deploy_repo.note(head))
     assert len(written) == 1001
     assert written["gitops-canary/app-0999"] == lines["gitops-canary/app-0999"]
+
+
+class Wrapping:
+    """A sink that wraps another and offers no batch: `post_all` posts through it in
+    parallel (as the tests' counting sinks do)."""
+
+    def __init__(self, inner: GitNotesSink) -> None:
+        self.inner = inner
+
+    def post(self, app: str, sha: Sha, state: StatusState, description: str) -> bool:
+        return self.inner.post(app, sha, state, description)
+
+
+def test_statuses_posted_in_parallel_on_one_commit_keep_every_line(deploy_repo: DeployRepo,
+                                                                    tmp_path: Path) -> None:
+    deploy_repo.write("canary.yaml", {})
+    head = Sha(deploy_repo.commit("one commit, many apps"))
+    source = GitSource(str(deploy_repo.remote), "main", tmp_path / "mirror")
+    source.fetch()
+    postings = [Posting(f"app-{i:02d}", head, StatusState.PENDING, f"canary deployed {i}")
+                for i in range(16)]
+
+    errors = post_all(Wrapping(GitNotesSink(source)), postings)
+
+    assert errors == [None] * 16
+    written = parse_note(deploy_repo.note(head))
+    assert sorted(written) == sorted(f"gitops-canary/{p.app}" for p in postings)
