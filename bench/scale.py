@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from benchlib import (
     say,
     service,
     state_of,
+    timed,
 )
 from kubernetes import client
 
@@ -230,12 +230,6 @@ def measure(config: Path, api: client.ApiClient, apps: int, root: Path) -> dict[
             "resync_cpu": resync_cpu, "drift": drift, "dry_run": dry_run, "one": one,
             "one_passes": one_passes, "many": many, "many_apps": len(tenth),
             "many_passes": many_passes, "rss": steady_rss, "peak": peak_mib()}
-
-
-def timed(call: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
 
 
 def canaries(api: client.ApiClient, count: int, delay: float, workers: int,

@@ -69,15 +69,20 @@ class DeployRepo:
             return ""
 
 
+    @classmethod
+    def create(cls, remote: Path, clone: Path) -> DeployRepo:
+        """A bare repository (the "server") and a person's clone of it, on branch main."""
+        git(remote.parent, "init", "-q", "--bare", "-b", "main", str(remote))
+        git(remote.parent, "clone", "-q", str(remote), str(clone))
+        git(clone, "checkout", "-q", "-b", "main")
+        git(clone, "config", "user.name", "Dev")
+        git(clone, "config", "user.email", "dev@example.com")
+        return cls(remote, clone)
+
+
 @pytest.fixture
 def deploy_repo(tmp_path: Path) -> DeployRepo:
-    remote, clone = tmp_path / "remote.git", tmp_path / "clone"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
-    git(tmp_path, "clone", "-q", str(remote), str(clone))
-    git(clone, "checkout", "-q", "-b", "main")
-    git(clone, "config", "user.name", "Dev")
-    git(clone, "config", "user.email", "dev@example.com")
-    return DeployRepo(remote, clone)
+    return DeployRepo.create(tmp_path / "remote.git", tmp_path / "clone")
 
 
 def deployment(name: str, rate: str, replicas: int = 4, image: str = "sampleapp:v1",

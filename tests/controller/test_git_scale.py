@@ -36,12 +36,18 @@ def test_one_tree_walk_finds_every_app_with_its_tree(deploy_repo: DeployRepo,
         assert (folder.tree, folder.root) == (expected, root)
 
 
+def one_commit(repo: DeployRepo, tmp_path: Path) -> tuple[Sha, GitSource]:
+    """A commit, and the controller's mirror of the repository holding it."""
+    repo.write("canary.yaml", {})
+    head = Sha(repo.commit("one commit, many apps"))
+    source = GitSource(str(repo.remote), "main", tmp_path / "mirror")
+    source.fetch()
+    return head, source
+
+
 def test_a_commit_note_holds_a_line_for_each_of_a_thousand_apps(deploy_repo: DeployRepo,
                                                                  tmp_path: Path) -> None:
-    deploy_repo.write("canary.yaml", {})
-    head = Sha(deploy_repo.commit("one commit, a thousand apps"))
-    source = GitSource(str(deploy_repo.remote), "main", tmp_path / "mirror")
-    source.fetch()
+    head, source = one_commit(deploy_repo, tmp_path)
     # 1,000 lines of ~170 bytes: more than one command-line argument may hold (128 KiB).
     lines = {f"gitops-canary/app-{i:04d}": ("success", f"promoted: stable runs {head[:7]} "
                                             f"(4 replicas); {'x' * 100}") for i in range(1000)}
@@ -70,10 +76,7 @@ class Wrapping:
 
 def test_statuses_posted_in_parallel_on_one_commit_keep_every_line(deploy_repo: DeployRepo,
                                                                     tmp_path: Path) -> None:
-    deploy_repo.write("canary.yaml", {})
-    head = Sha(deploy_repo.commit("one commit, many apps"))
-    source = GitSource(str(deploy_repo.remote), "main", tmp_path / "mirror")
-    source.fetch()
+    head, source = one_commit(deploy_repo, tmp_path)
     postings = [Posting(f"app-{i:02d}", head, StatusState.PENDING, f"canary deployed {i}")
                 for i in range(16)]
 

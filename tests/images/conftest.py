@@ -39,7 +39,7 @@ from pytest_docker import Services
 
 from localcluster import prometheus as localprometheus
 from localcluster.processes import free_port
-from tests.controller.conftest import DeployRepo, git
+from tests.controller.conftest import DeployRepo
 from tests.install import rbac_copy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -209,18 +209,14 @@ def controller_setup(kubeconfig: Path, api_client: client.ApiClient, render_tool
             path.chmod(0o644)
 
         remotes = folder / "remotes"
-        remote, clone = remotes / "deploy.git", folder / "clone"
-        git(folder, "init", "-q", "--bare", "-b", "main", str(remote))
-        git(folder, "clone", "-q", str(remote), str(clone))
-        git(clone, "checkout", "-q", "-b", "main")
-        git(clone, "config", "user.name", "Dev")
-        git(clone, "config", "user.email", "dev@example.com")
+        remotes.mkdir(exist_ok=True)
+        repo = DeployRepo.create(remotes / "deploy.git", folder / "clone")
 
         server = urlsplit(api_client.configuration.host)
         metrics_port = free_port()
         with git_daemon(remotes) as git_url:
             yield ControllerSetup(
-                namespaces[app_ns], namespaces[state_ns], DeployRepo(remote, clone),
+                namespaces[app_ns], namespaces[state_ns], repo,
                 metrics_port,
                 {"GIT_REPO": f"{git_url}/deploy.git",
                  "APP_NAMESPACE": namespaces[app_ns],
