@@ -15,7 +15,13 @@ the integration tests wire it, runs against the real cluster, in a fresh namespa
 - one change: an app's Deployment changed and pushed; the reconcile that applies its baseline
   and canary (the push is seen at its start);
 - 10 % changed: one commit changing a tenth of the apps; the reconcile that applies them all;
-- memory: the process's RSS after the steady passes and its peak.
+- memory: the process's RSS after the steady passes and its peak;
+- drift seen by the watch: one app's Deployment scaled by another field manager, as `kubectl
+  scale` does; the time until the controller has put git's replicas back (without `--watch`
+  the same drift waits for `--resync`, 5 min by default).
+
+The controller keeps a watched copy of its records and objects (`--watch true`, the default;
+`--watch false` measures reads as requests).
 
 With `--canaries N`, N apps are then held in analysis against the real Prometheus behind a
 proxy that answers every query after `--prometheus-delay` seconds, and one pass is timed.
@@ -61,6 +67,7 @@ from controller.edges.statuses import GitNotesSink
 from controller.reconcile import Reconciler, Result
 from localcluster import cluster as localcluster
 from localcluster import prometheus as localprometheus
+from localcluster.counting import Requests
 
 COLD_TIMEOUT = 1800.0
 STEADY_PASSES = 5
@@ -80,22 +87,6 @@ def rss_mib() -> float:
 
 def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class Counted:
-    """The API requests an ApiClient sends (every call of the Kubernetes edge, typed or
-    dynamic, ends in its REST client's `request`)."""
-
-    def __init__(self, api: client.ApiClient) -> None:
-        self.count = 0
-        rest = api.rest_client
-        original = rest.request
-
-        def request(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return original(*args, **kwargs)
-
-        rest.request = request
 
 
 def build_repo(root: Path, ns: str, apps: int) -> DeployRepo:
@@ -177,8 +168,23 @@ def change(repo: DeployRepo, names: list[str], rate: str) -> None:
     repo.push()
 
 
-def measure(config: Path, api: client.ApiClient, apps: int, root: Path) -> dict[str, Any]:
-    counted = Counted(api)
+def scaled_back(reconciler: Reconciler, api: client.ApiClient, ns: str, name: str) -> float:
+    """Seconds from another field manager's scale of one app to git's replicas back."""
+    deployments = client.AppsV1Api(api)
+    started = time.perf_counter()
+    deployments.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": 3}},
+                                                  field_manager="kubectl")
+    while time.perf_counter() - started < 60:
+        reconciler.reconcile()  # the loop's pass; the watch said which app to compare
+        if deployments.read_namespaced_deployment(name, ns).spec.replicas == 1:
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    raise TimeoutError(f"{name}: scaled by hand and not corrected within 60 s")
+
+
+def measure(config: Path, api: client.ApiClient, apps: int, root: Path,
+            watch: bool) -> dict[str, Any]:
+    counted = Requests(api)
     with namespace(api, f"scale{apps}") as ns, namespace(api, f"ref{apps}") as ref:
         repo = build_repo(root / "repo", ns, apps)
         objects = objects_file(repo, root / "objects.yml")
@@ -192,6 +198,8 @@ def measure(config: Path, api: client.ApiClient, apps: int, root: Path) -> dict[
         kube = Kube(api, frozenset({ns}), state_namespace=state_of(ns))
         reconciler = Reconciler(source, kube, GitNotesSink(source), resync=3600.0)
         reconciler.resync = Resync(3600.0, clock=lambda: 0.0)  # never due: steady passes
+        if watch:
+            kube.watch(on_change=reconciler.changed)
         say(f"{apps} apps: cold start")
         cold, passes, first = cold_start(reconciler, apps)
 
@@ -211,6 +219,8 @@ def measure(config: Path, api: client.ApiClient, apps: int, root: Path) -> dict[
         reconciler.resync = Resync(0.0)  # every app due
         resync_wall, resync_cpu, result = timed_pass(reconciler)
         drift = sum(len(o.drift) for o in result.outcomes)
+        reconciler.resync = Resync(3600.0)  # not due; the watch makes an app due
+        corrected = scaled_back(reconciler, api, ns, name_of(apps // 3)) if watch else None
         reconciler.resync = Resync(3600.0, clock=lambda: 0.0)
         dry_run = kubectl(config, ns, "apply", "--server-side", "--dry-run=server",
                           "--force-conflicts", "--field-manager=gitops-canary", "-f",
@@ -224,16 +234,18 @@ def measure(config: Path, api: client.ApiClient, apps: int, root: Path) -> dict[
         say(f"{apps} apps: {len(tenth)} changed in one commit")
         change(repo, tenth, "30")
         many, many_passes = until_applied(reconciler, set(tenth))
+        kube.close()
     s, c, r = Summary.of(steady), Summary.of(cpu), Summary.of(requests)
     return {"apps": apps, "cold": cold, "passes": passes, "first": first, "reference": reference,
             "steady": s, "cpu": c, "requests": r, "fetch": fetch, "resync": resync_wall,
             "resync_cpu": resync_cpu, "drift": drift, "dry_run": dry_run, "one": one,
             "one_passes": one_passes, "many": many, "many_apps": len(tenth),
-            "many_passes": many_passes, "rss": steady_rss, "peak": peak_mib()}
+            "many_passes": many_passes, "rss": steady_rss, "peak": peak_mib(),
+            "corrected": corrected}
 
 
 def canaries(api: client.ApiClient, count: int, delay: float, workers: int,
-             root: Path) -> dict[str, Any]:
+             root: Path, watch: bool) -> dict[str, Any]:
     """`count` apps in analysis, looks due on every pass: one pass's wall time."""
     with namespace(api, f"canaries{count}") as ns, \
             contextlib.ExitStack() as stack:
@@ -255,6 +267,9 @@ def canaries(api: client.ApiClient, count: int, delay: float, workers: int,
         kube = Kube(api, frozenset({ns}), state_namespace=state_of(ns))
         reconciler = Reconciler(source, kube, GitNotesSink(source), Prometheus(url),
                                 resync=3600.0, analysis_workers=workers)
+        if watch:
+            kube.watch(on_change=reconciler.changed)
+        counted = Requests(api)
         say(f"{count} canaries: deploying stable")
         cold_start(reconciler, count)
         change(repo, [name_of(i) for i in range(count)], "20")
@@ -266,18 +281,22 @@ def canaries(api: client.ApiClient, count: int, delay: float, workers: int,
             if sum(r.phase is Phase.ANALYZING for r in records.values()) == count:
                 break
             time.sleep(0.5)
-        passes = []
+        passes, requests = [], []
         looked = 0
         for _ in range(3):
             time.sleep(1.0)  # every look due again (interval 1 s)
             before = {a: r.last_analysis for a, r in reconciler.kube.records().items()}
+            counted.clear()
             wall, _, _ = timed_pass(reconciler)
+            requests.append(len([m for m, _ in counted.made if m == "GET"]))
             after = reconciler.kube.records()
             looked = sum(after[a].last_analysis != before.get(a) for a in after)
             passes.append(wall)
-            say(f"  a pass with {count} looks due: {wall:.1f}s, {looked} looks judged")
+            say(f"  a pass with {count} looks due: {wall:.1f}s, {looked} looks judged, "
+                f"{requests[-1]} API reads")
+        kube.close()
     return {"count": count, "delay": delay, "workers": workers, "pass": Summary.of(passes),
-            "looked": looked}
+            "looked": looked, "reads": Summary.of(requests)}
 
 
 def main() -> int:
@@ -289,6 +308,8 @@ def main() -> int:
     parser.add_argument("--prometheus-delay", type=float, default=2.0,
                         help="seconds the proxy holds each query (default 2)")
     parser.add_argument("--analysis-workers", type=int, default=32)
+    parser.add_argument("--watch", choices=("true", "false"), default="true",
+                        help="the controller's watched copy, as `run --watch` (default true)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not sizes or not all(1 <= s <= 2000 for s in sizes) or not 0 <= args.canaries <= 500:
@@ -298,13 +319,14 @@ def main() -> int:
     with kubeconfig() as config, api_client(config) as api:
         for apps in sizes:
             with tempfile.TemporaryDirectory(prefix=f"bench-scale-{apps}-") as tmp:
-                rows.append(measure(config, api, apps, Path(tmp)))
+                rows.append(measure(config, api, apps, Path(tmp), args.watch == "true"))
         if args.canaries:
             with tempfile.TemporaryDirectory(prefix="bench-canaries-") as tmp:
                 canary = canaries(api, args.canaries, args.prometheus_delay,
-                                  args.analysis_workers, Path(tmp))
+                                  args.analysis_workers, Path(tmp), args.watch == "true")
 
-    print(f"scale ({machine(load)}); steady figures are medians of {STEADY_PASSES} passes")
+    print(f"scale ({machine(load)}; --watch {args.watch}); steady figures are medians of "
+          f"{STEADY_PASSES} passes")
     for row in rows:
         n = row["apps"]
         print(f"\n{n} apps ({n * 2} objects)")
@@ -327,13 +349,17 @@ def main() -> int:
               f"{row['many']:.1f} s ({row['many_passes']} reconcile(s))")
         print(f"  RSS after the steady passes: {row['rss']:.0f} MiB; peak so far "
               f"{row['peak']:.0f} MiB")
+        if row["corrected"] is not None:
+            print(f"  one app scaled by hand -> git's replicas back: "
+                  f"{row['corrected'] * 1000:.0f} ms (without --watch: at the next --resync)")
     if canary is not None:
         p = canary["pass"]
         print(f"\n{canary['count']} canaries in analysis, Prometheus answering in "
               f"{canary['delay']:g} s, {canary['workers']} analysis workers: a pass with every "
               f"look due {p.median:.1f} s (max {p.high:.1f}); looks judged in the last pass "
               f"{canary['looked']}; sequentially that would be "
-              f"{canary['count'] * 4 * canary['delay']:.0f} s (4 queries per look)")
+              f"{canary['count'] * 4 * canary['delay']:.0f} s (4 queries per look); API reads "
+              f"per pass {canary['reads'].median:.0f}")
     return 0
 
 

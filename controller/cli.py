@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                      default=duration(os.environ.get("GITOPS_CANARY_RESYNC", "5m")),
                      help="compare every app with the cluster at least this often, ±10%% "
                           "(default 5m): drift is corrected (per app: drift: report)")
+    run.add_argument("--watch", choices=("true", "false"),
+                     default=os.environ.get("GITOPS_CANARY_WATCH", "true"),
+                     help="watch the records and the labelled objects (list and watch): "
+                          "reads come from the watched copy, and a change someone else makes "
+                          "is compared with git at once (default: %(default)s; false: every "
+                          "read is a request, drift waits for --resync)")
     run.add_argument("--workers", type=int, default=None,
                      help="apps reconciled at once (default: 4 per core, at most 8); one app "
                           "is never reconciled twice at once")
@@ -276,6 +282,8 @@ def _run(args: argparse.Namespace) -> int:
                             propose_on_failure=args.promote_pr == "always",
                             allowed_signers=args.allowed_signers,
                             forge_approvers=forge_approvers)
+    if args.watch == "true" and not args.once:  # one reconcile has no use for a copy
+        kube.watch(on_change=reconciler.changed)
     if reconciler.prometheus is None:
         log.warning("no --prometheus-url: canaries wait for a person's judgment, unanalysed")
     if args.once:
@@ -306,6 +314,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        kube.close()
     log.info("stopped")
     return 0
 

@@ -2,7 +2,8 @@
 
 An app unchanged in git is not read from the cluster on every reconcile; `Resync` says when
 each is compared again: every `--resync` (±10 %, so apps spread out), the first time at a
-random point within one interval (a restart does not compare every app at once). The check
+random point within one interval (a restart does not compare every app at once), and at once
+when the watch sees someone else change one of its objects (`soon`, at most every GAP). The check
 itself is a dry run of git's objects against the live ones (`Kube.drift`): stable's objects
 when the app is stable, its variants' while a canary runs (a deleted variant is seen on every
 reconcile, as it costs no request). Stable drift during a canary is left to the resync after
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -26,27 +28,48 @@ from controller.edges.kube import Kube
 log = logging.getLogger(__name__)
 
 JITTER = 0.1
+GAP = 5.0  # seconds at least between two comparisons of one app that a watch asks for
 
 
 class Resync:
+    """When each app (by folder) is next compared with the cluster. Thread-safe: a watch
+    asks for a comparison (`soon`) while the apps are reconciled."""
+
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
-        self.interval, self.clock = interval, clock
+                 rng: random.Random | None = None, gap: float = GAP) -> None:
+        self.interval, self.clock, self.gap = interval, clock, gap
         self._rng = rng or random.Random()  # noqa: S311 (spreading work, not a secret)
         self._due: dict[str, float] = {}
+        self._done: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def due(self, path: str) -> bool:
-        if path not in self._due:
-            self._due[path] = self.clock() + self._rng.uniform(0, self.interval)
-        return self.clock() >= self._due[path]
+        with self._lock:
+            if path not in self._due:
+                self._due[path] = self.clock() + self._rng.uniform(0, self.interval)
+            return self.clock() >= self._due[path]
 
     def done(self, path: str) -> None:
         """Compared just now: the next comparison in one interval, jittered."""
         spread = self._rng.uniform(1 - JITTER, 1 + JITTER)
-        self._due[path] = self.clock() + self.interval * spread
+        with self._lock:
+            self._done[path] = now = self.clock()
+            self._due[path] = now + self.interval * spread
+
+    def soon(self, path: str) -> float:
+        """Someone changed the app's objects: compare it now, or `gap` seconds after the
+        last comparison (someone fighting the controller is not answered in a tight loop).
+        The seconds until it is due."""
+        with self._lock:
+            now = self.clock()
+            at = max(now, self._done.get(path, now - self.gap) + self.gap)
+            self._due[path] = min(self._due.get(path, at), at)
+            return self._due[path] - now
 
     def forget(self, path: str) -> None:
-        self._due.pop(path, None)
+        with self._lock:
+            self._due.pop(path, None)
+            self._done.pop(path, None)
 
 
 def stable_drift(kube: Kube, rendered: Rendered, live: Mapping[Key, KubeObject],

@@ -41,6 +41,10 @@ class Claims:
     def taken(self, app: AppName) -> bool:
         return app in self._owners
 
+    def paths(self) -> dict[AppName, str]:
+        """Each app's folder."""
+        return dict(self._owners)
+
 
 @dataclass
 class Crash:

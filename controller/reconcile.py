@@ -11,10 +11,12 @@ run in the background (`Looks`): the apps whose look ends within LOOK_WAIT are s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -165,6 +167,9 @@ class Reconciler:
         self._refused_claims: set[tuple[str, str]] = set()
         self.crashes = Crashes(source)  # by folder: an app's own unit of failure
         self.resync = Resync(resync)  # when each app is next compared with the cluster
+        self._paths: dict[AppName, str] = {}  # each app's folder, as the last reconcile claimed
+        self._waking: set[str] = set()  # folders whose comparison a timer will wake the loop for
+        self._lock = threading.Lock()
 
     # --- the loop body ----------------------------------------------------------------------
 
@@ -181,6 +186,7 @@ class Reconciler:
         outcomes, complete = self._sweep(head, folders, records, claims)
         if self._looking:
             outcomes = self._judge_looks(head, folders, records, claims, outcomes)
+        self._paths = claims.paths()
         if self.prune and complete:
             paths = {f.path for f in folders}
             for record in records.values():
@@ -189,6 +195,34 @@ class Reconciler:
                         not claims.taken(record.app):
                     self._removed(head, record)
         return Result(head, tuple(outcomes))
+
+    def changed(self, app: str, key: Key, what: str) -> None:
+        """Someone else changed (or deleted) one of an app's objects (a watch saw it, see
+        `Kube.watch`): the app is compared with git on the next reconcile, which this wakes,
+        so drift is corrected within seconds rather than at the next `--resync`."""
+        path = self._paths.get(AppName(app))
+        if path is None:
+            return
+        kind, namespace, name = key
+        log.info("app %s: %s %s/%s %s by someone else: compared with git", app, kind,
+                 namespace, name, what)
+        delay = self.resync.soon(path)
+        if delay <= 0:
+            self.wake()
+            return
+        with self._lock:
+            if path in self._waking:
+                return
+            self._waking.add(path)
+
+        def wake() -> None:
+            with self._lock:
+                self._waking.discard(path)
+            self.wake()
+
+        timer = threading.Timer(delay, wake)
+        timer.daemon = True
+        timer.start()
 
     def _judge_looks(self, head: Sha, folders: list[AppFolder], records: dict[AppName, Record],
                      claims: Claims, outcomes: list[Outcome]) -> list[Outcome]:
@@ -284,8 +318,9 @@ class Reconciler:
         record = dataclasses.replace(records.get(app) or Record(app=app), path=folder.path)
         try:
             now = self.clock()
-            observation, rendered, variants, drifts = self._observe(head, folder, desired,
-                                                                    record, now, check)
+            with self.kube.fresh() if check else contextlib.nullcontext():
+                observation, rendered, variants, drifts = self._observe(
+                    head, folder, desired, record, now, check)
             decision = advance(record, observation, now)
             outcome = self._act(head, app, record, decision, rendered, desired, variants)
             outcome = self._drifted(outcome, record, drifts, rendered)

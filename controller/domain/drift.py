@@ -21,6 +21,9 @@ Key = tuple[str, str, str]  # kind, namespace, name
 # Written by the server on every write (a dry run included), never drift.
 VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields", "generation",
                                "creationTimestamp", "uid", "selfLink"})
+# Annotations the workload controllers write on the object itself (a Deployment's revision),
+# at any moment: never git's, and a comparison made while one changes must not call it drift.
+BOOKKEEPING = ("deployment.kubernetes.io/",)
 SHOWN_VALUES = ("image",)  # leaf names whose value a status may show
 SHOWN_PER_OBJECT = 2  # differences named per object; the rest are counted
 
@@ -55,8 +58,15 @@ def differences(would: KubeObject, live: KubeObject,
 def _comparable(obj: KubeObject) -> dict[str, Any]:
     clean = {k: v for k, v in obj.items() if k != "status"}
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in VOLATILE_METADATA}
+    if meta.get("annotations"):
+        meta["annotations"] = bookkept(meta["annotations"])
     clean["metadata"] = meta
     return clean
+
+
+def bookkept(annotations: dict[str, Any]) -> dict[str, Any]:
+    """The annotations without the workload controllers' bookkeeping."""
+    return {k: v for k, v in annotations.items() if not k.startswith(BOOKKEEPING)}
 
 
 def _walk(have: Any, want: Any, path: str) -> Iterator[tuple[str, Any, Any]]:

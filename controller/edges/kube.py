@@ -10,6 +10,10 @@ Every request carries a timeout (connect, read), API discovery's included: a ser
 and never answers costs one reconcile a bounded wait, never the loop. A record that no longer
 parses is quarantined: copied aside for a person to read, then removed, so the app is observed
 anew from git and the cluster instead of crashing every start.
+
+With `watch()`, the records and the objects the app label marks are read from a watched copy
+(`controller/edges/watch.py`): a read the copy can answer costs no request, a write goes into
+it from the server's answer, and within `fresh()` every read goes to the server.
 """
 
 from __future__ import annotations
@@ -19,17 +23,15 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import urllib3
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from kubernetes.dynamic.resource import Resource
 
 from controller.domain.drift import Drift, deleted, differences
@@ -46,10 +48,11 @@ from controller.domain.types import (
     Sha,
     StatusState,
 )
+from controller.edges.kubeapi import NotFound, translate
+from controller.edges.watch import Changed, Informer
 from controller.errors import ApiError, CanaryError, ForbiddenError, TransientError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 RECORD_PREFIX = "gitops-canary."
 MANAGED_BY = {"app.kubernetes.io/managed-by": "gitops-canary"}
@@ -66,46 +69,11 @@ POD_IMMUTABLE = "pod updates may not change fields"
 RETRIES = urllib3.Retry(total=2, connect=2, read=0, redirect=0, backoff_factor=0.2)
 VARIANT_KINDS = (*sorted(WORKLOAD_KINDS), "ConfigMap")
 API_VERSIONS = {"Deployment": "apps/v1", "ReplicaSet": "apps/v1", "StatefulSet": "apps/v1",
-                "DaemonSet": "apps/v1", "Pod": "v1", "ConfigMap": "v1", "Secret": "v1"}
-
-
-class NotFound(ApiError):
-    """The object does not exist (HTTP 404)."""
-
-
-TYPED_PATCH = re.compile(r"^failed to create typed patch object \([^)]*\): ")
-
-
-def _message(error: Exception) -> str:
-    """The server's own message, without the preamble that would push the field path out of a
-    140-character status description."""
-    body = getattr(error, "body", None) or ""
-    try:
-        message = str(json.loads(body).get("message") or body)
-    except (ValueError, AttributeError):
-        message = str(body or error)
-    return TYPED_PATCH.sub("", message)
-
-
-def _translate(action: str, call: Callable[[], T]) -> T:
-    try:
-        return call()
-    except (DynamicApiError, ApiException) as error:
-        status = getattr(error, "status", None) or 0
-        raw = getattr(error, "body", None) or ""
-        text = f"{action}: {_message(error)}"
-        # Server-side apply answers 500, not 422, when a manifest has a field the schema lacks.
-        if status == 500 and "failed to create typed patch object" in str(raw):
-            raise ApiError(text) from None
-        if status == 429 or status >= 500 or status == 0:
-            raise TransientError(text) from None
-        if status == 403:
-            raise ForbiddenError(text) from None
-        if status == 404:
-            raise NotFound(text) from None
-        raise ApiError(text) from None
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise TransientError(f"{action}: Kubernetes API unreachable: {error}") from None
+                "DaemonSet": "apps/v1", "Pod": "v1", "ConfigMap": "v1", "Secret": "v1",
+                "Service": "v1"}
+# Watched (with `watch()`), by the app label: what a reconcile reads of an app. Secrets are
+# not: the controller reads only the Secrets it names, never lists them.
+WATCHED_KINDS = (*VARIANT_KINDS, "Service")
 
 
 def describe(obj: KubeObject) -> str:
@@ -151,12 +119,16 @@ class Kube:
         self._dynamic: DynamicClient | None = None
         self._records: dict[AppName, tuple[str, Record]] = {}  # by resourceVersion
         self._discovery = threading.RLock()
+        self._watch: tuple[frozenset[str], Changed | None] | None = None  # see watch()
+        self._informers: dict[tuple[str, str | None], Informer] = {}
+        self._informing = threading.Lock()
+        self._local = threading.local()  # `fresh()`, per thread: apps run side by side
 
     @property
     def dynamic(self) -> DynamicClient:
         with self._discovery:
             if self._dynamic is None:
-                self._dynamic = _translate("API discovery",
+                self._dynamic = translate("API discovery",
                                            lambda: _TimedClient(self.api, self.timeout))
             return self._dynamic
 
@@ -165,12 +137,77 @@ class Kube:
         time (apps are reconciled side by side); every other call is a thread-safe request."""
         try:
             with self._discovery:
-                found: Resource = _translate(f"discovering {kind}",
+                found: Resource = translate(f"discovering {kind}",
                                              lambda: self.dynamic.resources.get(
                                                  api_version=api_version, kind=kind))
             return found
         except ResourceNotFoundError:
             raise ApiError(f"the cluster has no kind {kind} in {api_version}") from None
+
+    # --- informers: reads from a watched copy ----------------------------------------------
+
+    def watch(self, on_change: Changed | None = None,
+              kinds: Collection[str] = WATCHED_KINDS) -> None:
+        """From now on, keep a watched copy (`Informer`) of the app records and of the
+        objects of `kinds` that carry the app label, and read them from it: one per kind and
+        allowed namespace (every namespace when all are allowed), started when the kind is
+        first read or written. `on_change` hears of changes someone else makes."""
+        self._watch = (frozenset(kinds), on_change)
+
+    def close(self) -> None:
+        """Stop every informer."""
+        with self._informing:
+            informers, self._informers = list(self._informers.values()), {}
+        for informer in informers:
+            informer.stop()
+
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[None]:
+        """Within: this thread's reads go to the server (a resync trusts no copy)."""
+        before = getattr(self._local, "fresh", False)
+        self._local.fresh = True
+        try:
+            yield
+        finally:
+            self._local.fresh = before
+
+    def informer(self, kind: str, namespace: str | None) -> Informer | None:
+        """The informer that holds `kind` in `namespace`, started on first use; None when
+        the kind is not watched."""
+        if self._watch is None:
+            return None
+        kinds, on_change = self._watch
+        record = kind == "ConfigMap" and namespace == self.state_namespace
+        if not record and (kind not in kinds or (self.namespaces is not None
+                                                 and namespace not in self.namespaces)):
+            return None
+        scope = (f"record:{kind}", namespace) if record else \
+            (kind, namespace if self.namespaces is not None else None)
+        with self._informing:
+            found = self._informers.get(scope)
+            if found is None:
+                resource = self.resource(API_VERSIONS[kind], kind)
+                selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items()) if record \
+                    else LABEL_APP
+                found = self._informers[scope] = Informer(
+                    self.dynamic, resource, scope[1], selector,
+                    None if record else on_change, self.timeout).start()
+            return found
+
+    def _informer_of(self, key: Key) -> Informer | None:
+        kind, namespace, _ = key
+        return self.informer(kind, namespace or None)
+
+    def _cached(self, key: Key) -> KubeObject | None:
+        if getattr(self._local, "fresh", False):
+            return None
+        informer = self._informer_of(key)
+        return informer.cached(key) if informer is not None else None
+
+    def _forget(self, key: Key) -> None:
+        informer = self._informer_of(key)
+        if informer is not None:
+            informer.forget(key)
 
     # --- policy: what the repository may touch ---------------------------------------------
 
@@ -202,12 +239,17 @@ class Kube:
     def _apply_one(self, obj: KubeObject, dry_run: bool) -> Any:
         res = self.resource(obj["apiVersion"], obj["kind"])
         params: list[tuple[str, str]] = [("fieldValidation", "Strict")]
-        return _translate(
-            _short(obj),
-            lambda: self.dynamic.server_side_apply(
-                res, body=obj, namespace=obj["metadata"].get("namespace"),
-                field_manager=FIELD_MANAGER, force_conflicts=True,
-                dry_run="All" if dry_run else None, query_params=params))
+        informer = None if dry_run else self._informer_of(key_of(obj))
+        with informer.writing(key_of(obj)) if informer else contextlib.nullcontext():
+            result = translate(
+                _short(obj),
+                lambda: self.dynamic.server_side_apply(
+                    res, body=obj, namespace=obj["metadata"].get("namespace"),
+                    field_manager=FIELD_MANAGER, force_conflicts=True,
+                    dry_run="All" if dry_run else None, query_params=params))
+            if informer is not None:  # read your writes
+                informer.wrote(result.to_dict() if hasattr(result, "to_dict") else dict(result))
+        return result
 
     def dry_run(self, obj: KubeObject) -> KubeObject:
         """What the server would make of applying `obj` (defaults filled in), writing
@@ -343,8 +385,9 @@ class Kube:
                 log.error("not deleting %s %s/%s: it is labelled for app %s, not %s", kind,
                           namespace, name, owner, app)
                 return False
+        self._forget(key)
         try:
-            _translate(f"deleting {kind} {namespace}/{name}", lambda: self.dynamic.delete(
+            translate(f"deleting {kind} {namespace}/{name}", lambda: self.dynamic.delete(
                 res, name=name, namespace=namespace or None,
                 body={"propagationPolicy": "Background"}))
         except NotFound:
@@ -355,10 +398,14 @@ class Kube:
     # --- reads ------------------------------------------------------------------------------
 
     def get(self, key: Key, api_version: str | None = None) -> KubeObject | None:
+        """The live object: from the watched copy when it holds it, else one GET."""
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
         kind, namespace, name = key
         res = self.resource(api_version or API_VERSIONS.get(kind, "v1"), kind)
         try:
-            found = _translate(f"reading {kind} {namespace}/{name}", lambda: self.dynamic.get(
+            found = translate(f"reading {kind} {namespace}/{name}", lambda: self.dynamic.get(
                 res, name=name, namespace=namespace or None))
         except NotFound:
             return None
@@ -384,7 +431,7 @@ class Kube:
     def _pods(self, namespace: str, labels: dict[str, str]) -> list[KubeObject]:
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         res = self.resource("v1", "Pod")
-        listed = _translate(f"listing pods {selector}", lambda: self.dynamic.get(
+        listed = translate(f"listing pods {selector}", lambda: self.dynamic.get(
             res, namespace=namespace or None, label_selector=selector, limit=20))
         pods: list[KubeObject] = listed.to_dict().get("items") or []
         return pods
@@ -396,7 +443,7 @@ class Kube:
         found: list[KubeObject] = []
         for kind in VARIANT_KINDS:
             res = self.resource(API_VERSIONS[kind], kind)
-            listed = _translate(f"listing {kind} variants of {app}", lambda res=res: (  # type: ignore[misc]
+            listed = translate(f"listing {kind} variants of {app}", lambda res=res: (  # type: ignore[misc]
                 self.dynamic.get(res, namespace=namespace, label_selector=selector)))
             for item in listed.to_dict().get("items") or []:
                 item.setdefault("kind", kind)
@@ -410,19 +457,8 @@ class Kube:
         """Every app record in the state namespace, in one list call. A record that does not
         parse is quarantined (see `_quarantine`) and left out, as if the app were new; with
         `quarantine=False` (a read-only caller) it is only logged and left out."""
-        selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
-        # Read raw (JSON, no model objects): at a thousand apps the client's wrapping of every
-        # ConfigMap cost more than the request; a record is parsed again only when it changed.
-        response: Any = _translate("reading app records", lambda: client.CoreV1Api(
-            self.api).list_namespaced_config_map(
-                self.state_namespace, label_selector=selector, _preload_content=False,
-                _request_timeout=self.timeout))
-        try:
-            listed = json.loads(response.data)
-        except ValueError as error:
-            raise TransientError(f"reading app records: not JSON: {error}") from None
         records, parsed = {}, {}
-        for cm in listed.get("items") or []:
+        for cm in self._record_maps():
             data, name = cm.get("data") or {}, str(cm["metadata"]["name"])
             if not name.startswith(RECORD_PREFIX) or "record" not in data:
                 continue
@@ -445,6 +481,25 @@ class Kube:
                               self.state_namespace, name, problem)
         self._records = parsed
         return {app: record for app, (_, record) in records.items()}
+
+    def _record_maps(self) -> list[KubeObject]:
+        """The records' ConfigMaps: from the watched copy once it has listed, else one list
+        call. Read raw (JSON, no model objects): at a thousand apps the client's wrapping of
+        every ConfigMap cost more than the request."""
+        informer = self.informer("ConfigMap", self.state_namespace)
+        items = informer.items() if informer is not None else None
+        if items is not None:
+            return items
+        selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+        response: Any = translate("reading app records", lambda: client.CoreV1Api(
+            self.api).list_namespaced_config_map(
+                self.state_namespace, label_selector=selector, _preload_content=False,
+                _request_timeout=self.timeout))
+        try:
+            listed: list[KubeObject] = json.loads(response.data).get("items") or []
+        except (ValueError, AttributeError) as error:
+            raise TransientError(f"reading app records: not JSON: {error}") from None
+        return listed
 
     def _quarantine(self, app: AppName, cm: KubeObject, problem: str) -> None:
         """Copy a record that does not parse to `gitops-canary-quarantine.<app>.<unix time>`
@@ -469,7 +524,7 @@ class Kube:
             res = self.resource("v1", "ConfigMap")
             # Preconditions: a record rewritten since the listing (a fix) is not deleted.
             with contextlib.suppress(NotFound):  # deleted meanwhile: nothing left to do
-                _translate(f"deleting record {source}", lambda: self.dynamic.delete(
+                translate(f"deleting record {source}", lambda: self.dynamic.delete(
                     res, name=meta["name"], namespace=self.state_namespace,
                     body={"preconditions": {"uid": meta["uid"],
                                             "resourceVersion": meta["resourceVersion"]}}))
@@ -485,7 +540,7 @@ class Kube:
         """The name of an existing quarantined copy of this very record, if any."""
         res = self.resource("v1", "ConfigMap")
         selector = ",".join(f"{k}={v}" for k, v in QUARANTINED.items())
-        listed = _translate("reading quarantined records", lambda: self.dynamic.get(
+        listed = translate("reading quarantined records", lambda: self.dynamic.get(
             res, namespace=self.state_namespace, label_selector=selector)).to_dict()
         source = f"{self.state_namespace}/{cm['metadata']['name']}"
         for copy in listed.get("items") or []:
@@ -500,7 +555,7 @@ class Kube:
     def _create(self, obj: KubeObject) -> None:
         """Create, never overwrite (409 if the name is taken)."""
         res = self.resource(obj["apiVersion"], obj["kind"])
-        _translate(f"creating {describe(obj)}", lambda: self.dynamic.create(
+        translate(f"creating {describe(obj)}", lambda: self.dynamic.create(
             res, body=obj, namespace=obj["metadata"].get("namespace")))
 
     def delete_record(self, app: str) -> None:

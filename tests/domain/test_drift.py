@@ -57,6 +57,17 @@ def test_an_annotation_path_is_bracketed_and_a_field_missing_live_is_said() -> N
         "metadata.annotations[gitops-canary/fingerprint] missing",)
 
 
+def test_a_revision_the_deployment_controller_writes_meanwhile_is_no_drift() -> None:
+    """The live object read, then the dry run: a `kubectl set image` makes the Deployment
+    controller bump its revision annotation in between."""
+    live, would = live_deployment(), live_deployment()
+    live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "2"
+    would["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "3"
+    assert differences(would, live) == ()
+    would["metadata"]["annotations"]["team"] = "payments"
+    assert differences(would, live) == ("metadata.annotations.team missing",)
+
+
 def test_ignored_paths_are_another_controllers() -> None:
     assert differences(live_deployment(4), live_deployment(7), ["spec.replicas"]) == ()
 

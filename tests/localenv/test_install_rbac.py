@@ -41,7 +41,7 @@ from controller.domain.inventory import owned
 from controller.domain.machine import Record, StatusNote
 from controller.domain.render import key_of
 from controller.domain.types import LABEL_APP, LABEL_VERSION, AppName, Phase, Sha, StatusState
-from controller.edges.kube import API_VERSIONS, VARIANT_KINDS, Kube
+from controller.edges.kube import API_VERSIONS, VARIANT_KINDS, WATCHED_KINDS, Kube
 from controller.errors import ForbiddenError
 from controller.leader import LEASE_NAME, Elector
 from controller.metrics import EVENTS, Metrics, serve
@@ -156,7 +156,8 @@ def test_install_manifests_parse_and_run_the_controller_least_privileged() -> No
     # Records: a Role in the state namespace, bound to the account.
     records = only(objects, "Role")
     assert records["metadata"]["namespace"] == state
-    assert grants(records, "", "configmaps") >= {"get", "list", "create", "patch", "delete"}
+    assert grants(records, "", "configmaps") >= {"get", "list", "watch", "create", "patch",
+                                                 "delete"}
     # The Lease: read and renewed by name, created the first time; nothing else of leases.
     assert grants(records, "coordination.k8s.io", "leases") == {"get", "create", "update"}
     for rule in records["rules"]:
@@ -176,6 +177,9 @@ def test_install_manifests_parse_and_run_the_controller_least_privileged() -> No
         group = API_VERSIONS[kind].rpartition("/")[0]
         assert grants(apps_role, group, f"{kind.lower()}s") >= \
             {"get", "list", "create", "patch", "delete"}, kind
+    for kind in WATCHED_KINDS:  # the informers: list, then watch
+        group = API_VERSIONS[kind].rpartition("/")[0]
+        assert grants(apps_role, group, f"{kind.lower()}s") >= {"list", "watch"}, kind
     # Secrets: read, applied and deleted by name (the inventory names the copies), never listed.
     assert grants(apps_role, "", "secrets") == {"get", "create", "patch", "delete"}
     # Applied as written; deleted only by prune (what left git, named by the inventory).
@@ -372,6 +376,20 @@ def test_the_service_account_can_do_the_controllers_whole_job(
                    for m in live["metadata"]["managedFields"])
     for obj in canary:  # what it reads back: stable workloads, ConfigMaps, Secrets
         assert kube.get(key_of(obj), obj["apiVersion"]) is not None
+    # The informers, as `run` starts them: every watched kind and the records, listed and
+    # watched with the install's grants (a refusal would leave them unsynced for good).
+    watched = Kube(installed.as_controller, frozenset(installed.apps),
+                   state_namespace=installed.state)
+    watched.watch()
+    try:
+        informers = [*(watched.informer(kind, app_ns) for kind in WATCHED_KINDS),
+                     watched.informer("ConfigMap", installed.state)]
+        for informer in informers:
+            assert informer is not None
+            assert informer.wait_synced(30), (informer.what, informer.refused)
+        assert watched.get(key_of(canary[0])) is not None  # from the copy
+    finally:
+        watched.close()
     # Drift: a dry run of each object against the live one (here: none), and an Event on an
     # object whose drift was corrected.
     assert kube.drift(canary, {}, {}) == []
