@@ -3,7 +3,9 @@
 Each forge is a `Forge`: how to post a status and how to read the statuses of a commit, in its
 own API's words. `ForgeStatusSink` does the rest once for all of them: the 140-character
 description, the target URL template, no duplicate (same context, state and description),
-retries with backoff on 5xx and rate limits. Tokens reach only the Authorization header.
+retries with backoff on 5xx and rate limits (waiting as long as the forge's `Retry-After` or
+rate-limit reset asks, up to RATE_LIMIT_WAIT; a longer wait is left to a later reconcile, so
+one rate-limited forge never holds a pass). Tokens reach only the Authorization header.
 `approval_of` reads who merged the pull (merge) request merged as a commit, and who approved it.
 """
 
@@ -93,8 +95,37 @@ REVIEWS_PAGE = 50  # reviews per page (Gitea's default maximum)
 REVIEWS_PAGES = 20  # more than 1000 reviews on one pull request: refuse to decide
 
 
+RATE_LIMIT_WAIT = 10.0  # seconds a post may wait for a forge's rate limit; longer: next pass
+
+
+class RateLimited(TransientError):
+    """The forge asks to wait `wait` seconds (0: it does not say how long)."""
+
+    def __init__(self, message: str, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+def _wait_asked(response: httpx.Response, now: float) -> float:
+    """Seconds a rate-limited answer asks to wait: `Retry-After` (seconds; GitHub, Gitea,
+    GitLab), or until `X-RateLimit-Reset` (epoch seconds; GitHub's primary limit)."""
+    headers = response.headers
+    for name, since in (("retry-after", 0.0), ("x-ratelimit-reset", now)):
+        try:
+            return max(0.0, float(headers[name]) - since)
+        except (KeyError, ValueError):
+            continue
+    return 0.0
+
+
 def _check(response: httpx.Response, what: str) -> httpx.Response:
-    if response.status_code == 429 or response.status_code >= 500:
+    # GitHub's primary rate limit answers 403 with no requests remaining.
+    limited = response.status_code == 429 or (
+        response.status_code == 403 and response.headers.get("x-ratelimit-remaining") == "0")
+    if limited:
+        raise RateLimited(f"{what}: HTTP {response.status_code} (rate limited)",
+                          _wait_asked(response, time.time()))
+    if response.status_code >= 500:
         raise TransientError(f"{what}: HTTP {response.status_code}")
     if response.status_code >= 400:
         raise ApiError(f"{what}: HTTP {response.status_code}: {response.text[:200]}")
@@ -387,9 +418,12 @@ class ForgeStatusSink:
             try:
                 return call()
             except (TransientError, httpx.TransportError) as error:
-                if attempt == self.attempts:
-                    raise TransientError(f"{self.forge.name}: {error}") from None
-                delay = self.backoff * 2 ** (attempt - 1)
+                asked = error.wait if isinstance(error, RateLimited) else 0.0
+                if attempt == self.attempts or asked > RATE_LIMIT_WAIT:
+                    raise TransientError(f"{self.forge.name}: {error}" + (
+                        f"; the forge asks to wait {asked:.0f}s: posted on a later reconcile"
+                        if asked > RATE_LIMIT_WAIT else "")) from None
+                delay = max(self.backoff * 2 ** (attempt - 1), asked)
                 log.warning("%s: %s; retrying in %.1fs", self.forge.name, error, delay)
                 self.sleep(delay)
         raise AssertionError("unreachable")

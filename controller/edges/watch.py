@@ -250,6 +250,9 @@ class Informer:
                 break
         with self._lock:
             before = self._objects if self.lists else {}
+            for key, known in self._objects.items():  # written meanwhile: the newer stays
+                if key in objects and not newer(objects[key], known):
+                    objects[key] = known
             self._objects = objects
             self.lists += 1
             self._synced.set()

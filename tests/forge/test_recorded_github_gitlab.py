@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,40 @@ def test_retries_5xx_and_rate_limits_then_gives_up_as_transient() -> None:
     failing = Recorded([busy] * 4)
     with pytest.raises(TransientError, match="HTTP 503"):
         sink("github", "o/r", failing).post("app", SHA, StatusState.PENDING, "x")
+
+
+def test_a_rate_limit_is_waited_out_as_long_as_the_forge_asks_within_bounds() -> None:
+    listing = {"method": "GET", "path": f"/repos/o/r/commits/{SHA}/statuses"}
+    limited = (listing, httpx.Response(429, headers={"Retry-After": "3"}, text="slow down"))
+    # GitHub's primary limit: 403, nothing remaining, the reset as epoch seconds.
+    exhausted = (listing, httpx.Response(403, headers={
+        "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 5)},
+        text="API rate limit exceeded"))
+    delays: list[float] = []
+    recorded = Recorded([limited, exhausted, github_list_empty("o/r"),
+                         ({"method": "POST", "path": f"/repos/o/r/statuses/{SHA}"},
+                          GITHUB_CREATED)])
+    forge_sink = sink("github", "o/r", recorded)
+    forge_sink.sleep = delays.append
+    assert forge_sink.post("app", SHA, StatusState.PENDING, "canary deployed")
+    assert delays[0] == 3.0
+    assert 3.0 <= delays[1] <= 5.0
+
+    # An hour's wait is not taken inside a reconcile: transient, posted on a later one.
+    later = Recorded([(listing, httpx.Response(429, headers={"Retry-After": "3600"}))])
+    patient = sink("github", "o/r", later)
+    patient.sleep = delays.append
+    with pytest.raises(TransientError, match="asks to wait 3600s: posted on a later reconcile"):
+        patient.post("app", SHA, StatusState.PENDING, "canary deployed")
+    assert len(delays) == 2  # no sleep for it
+
+
+def test_a_403_with_requests_remaining_is_a_refusal_not_a_rate_limit() -> None:
+    recorded = Recorded([({"method": "GET", "path": f"/repos/o/r/commits/{SHA}/statuses"},
+                          httpx.Response(403, headers={"X-RateLimit-Remaining": "4999"},
+                                         json={"message": "Resource not accessible"}))])
+    with pytest.raises(ApiError, match="HTTP 403"):
+        sink("github", "o/r", recorded).post("app", SHA, StatusState.PENDING, "x")
 
 
 def test_a_4xx_is_permanent_and_says_what() -> None:
