@@ -295,6 +295,8 @@ def canaries(api: client.ApiClient, count: int, delay: float, workers: int,
             say(f"  a pass with {count} looks due: {wall:.1f}s, {looked} looks judged, "
                 f"{requests[-1]} API reads")
         kube.close()
+        if reconciler.looks is not None:
+            reconciler.looks.close(wait=True)  # before the proxy and Prometheus stop
     return {"count": count, "delay": delay, "workers": workers, "pass": Summary.of(passes),
             "looked": looked, "reads": Summary.of(requests)}
 

@@ -174,9 +174,11 @@ class Looks:
         if futures:
             wait(futures, timeout=timeout)
 
-    def close(self) -> None:
-        self._looks.shutdown(wait=False, cancel_futures=True)
-        self._queries.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = False) -> None:
+        """Start no more looks; with `wait`, let those already querying end (their server
+        is still up) instead of leaving them to fail."""
+        self._looks.shutdown(wait=wait, cancel_futures=True)
+        self._queries.shutdown(wait=wait, cancel_futures=True)
 
 
 def analyze(prom: Prometheus, policy: Policy, workloads: Sequence[tuple[str, str]],

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import urllib3
@@ -346,7 +346,8 @@ class Kube:
         for obj in objects:
             if key_of(obj) in owned:
                 continue
-            live = self.get(key_of(obj), obj["apiVersion"])
+            with self.fresh():  # who manages it: managedFields, which the copy does not keep
+                live = self.get(key_of(obj), obj["apiVersion"])
             if live is None:
                 continue
             meta = live.get("metadata") or {}
@@ -377,7 +378,8 @@ class Kube:
         kind, namespace, name = key
         res = self.resource(api_version or API_VERSIONS.get(kind, "v1"), kind)
         if app is not None:
-            live = self.get(key, api_version)
+            with self.fresh():  # a delete trusts no copy: the label is read from the server
+                live = self.get(key, api_version)
             if live is None:
                 return False
             owner = ((live.get("metadata") or {}).get("labels") or {}).get(LABEL_APP)
@@ -458,16 +460,18 @@ class Kube:
         parse is quarantined (see `_quarantine`) and left out, as if the app were new; with
         `quarantine=False` (a read-only caller) it is only logged and left out."""
         records, parsed = {}, {}
-        for cm in self._record_maps():
-            data, name = cm.get("data") or {}, str(cm["metadata"]["name"])
-            if not name.startswith(RECORD_PREFIX) or "record" not in data:
+        for name, version, load in self._record_maps():
+            if not name.startswith(RECORD_PREFIX):
                 continue
             # A record belongs to the app its ConfigMap is named for, whatever it says inside.
             app = AppName(name[len(RECORD_PREFIX):])
-            version = str(cm["metadata"].get("resourceVersion", ""))
             known = self._records.get(app)
             if known is not None and known[0] == version and version:
                 records[app] = parsed[app] = known
+                continue
+            cm = load()
+            data = cm.get("data") or {}
+            if "record" not in data:
                 continue
             try:
                 records[app] = parsed[app] = (version, dataclasses.replace(
@@ -482,14 +486,16 @@ class Kube:
         self._records = parsed
         return {app: record for app, (_, record) in records.items()}
 
-    def _record_maps(self) -> list[KubeObject]:
-        """The records' ConfigMaps: from the watched copy once it has listed, else one list
-        call. Read raw (JSON, no model objects): at a thousand apps the client's wrapping of
-        every ConfigMap cost more than the request."""
+    def _record_maps(self) -> list[tuple[str, str, Callable[[], KubeObject]]]:
+        """The records' ConfigMaps, as (name, resourceVersion, its reader): from the watched
+        copy once it has listed, else one list call. Read raw (JSON, no model objects): at a
+        thousand apps the client's wrapping of every ConfigMap cost more than the request;
+        a record whose version is known is not even parsed."""
         informer = self.informer("ConfigMap", self.state_namespace)
-        items = informer.items() if informer is not None else None
-        if items is not None:
-            return items
+        copied = informer.held() if informer is not None else None
+        if copied is not None:
+            return [(key[2], held.version, lambda held=held: held.object)  # type: ignore[misc]
+                    for key, held in copied.items()]
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
         response: Any = translate("reading app records", lambda: client.CoreV1Api(
             self.api).list_namespaced_config_map(
@@ -499,7 +505,8 @@ class Kube:
             listed: list[KubeObject] = json.loads(response.data).get("items") or []
         except (ValueError, AttributeError) as error:
             raise TransientError(f"reading app records: not JSON: {error}") from None
-        return listed
+        return [(str(cm["metadata"]["name"]), str(cm["metadata"].get("resourceVersion", "")),
+                 lambda cm=cm: cm) for cm in listed]  # type: ignore[misc]
 
     def _quarantine(self, app: AppName, cm: KubeObject, problem: str) -> None:
         """Copy a record that does not parse to `gitops-canary-quarantine.<app>.<unix time>`

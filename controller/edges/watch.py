@@ -9,6 +9,9 @@ and from a failure until it has listed again, it answers nothing and the caller 
 server. A watch the server refuses (403: an install without `list`/`watch`) stops for good,
 with a warning: reads then go to the server, as without informers.
 
+The copy keeps each object as compact JSON without its managedFields (a tenth of the memory
+of parsed objects: a thousand apps' objects in a few MiB); a read parses its own copy.
+
 Read your writes: what the controller writes goes into the copy from the server's answer, so
 the next reconcile never sees an object as it was before the controller's own write; an event
 older than what the copy holds is ignored (resourceVersions compared as the etcd revisions
@@ -25,13 +28,12 @@ last: a `kubectl scale` through the scale subresource leaves its entry without a
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.resource import Resource
@@ -57,30 +59,37 @@ class Gone(Exception):
     """The server no longer has the version a watch resumed from: list again."""
 
 
+class Held(NamedTuple):
+    """An object as the copy keeps it."""
+
+    version: str  # its resourceVersion
+    text: str  # compact JSON, without managedFields
+
+    @property
+    def object(self) -> KubeObject:
+        found: KubeObject = json.loads(self.text)
+        return found
+
+
 def slim(obj: KubeObject, kind: str, api_version: str) -> KubeObject:
-    """What the copy keeps: the object with its kind, and managedFields without their field
-    sets (who wrote and when, not what: most of an object's size)."""
-    obj.setdefault("kind", kind)
-    obj.setdefault("apiVersion", api_version)
-    meta = obj.get("metadata") or {}
-    if meta.get("managedFields"):
-        meta["managedFields"] = [{k: v for k, v in entry.items() if k != "fieldsV1"}
-                                 for entry in meta["managedFields"]]
-    return obj
+    """The object with its kind and without managedFields (most of its size; the reads that
+    need them, who may take over an object, go to the server)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {"kind": kind, "apiVersion": api_version, **obj, "metadata": meta}
 
 
-def _version(obj: KubeObject) -> int | None:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or "")
-    except ValueError:
-        return None
+def held(obj: KubeObject) -> Held:
+    return Held(str((obj.get("metadata") or {}).get("resourceVersion") or ""),
+                json.dumps(obj, separators=(",", ":")))
 
 
-def newer(obj: KubeObject, than: KubeObject) -> bool:
-    """Is `obj` a later version than `than`? resourceVersions are opaque by contract and etcd
+def newer(version: str, than: str) -> bool:
+    """Is `version` later than `than`? resourceVersions are opaque by contract and etcd
     revisions in fact; one that is not a number counts as newer."""
-    a, b = _version(obj), _version(than)
-    return a is None or b is None or a > b
+    try:
+        return int(version) > int(than)
+    except ValueError:
+        return True
 
 
 def content(obj: KubeObject) -> dict[str, Any]:
@@ -115,7 +124,7 @@ class Informer:
         self.what = f"{self.kind} in {namespace or 'every namespace'} ({selector})"
         self.lists = 0  # how many times the kind was listed (a test's window into the gaps)
         self.refused: str | None = None  # the server's refusal: never synced
-        self._objects: dict[Key, KubeObject] = {}
+        self._objects: dict[Key, Held] = {}
         self._forgotten: dict[Key, float] = {}  # deleted by the controller: when
         self._writing: dict[Key, int] = {}  # the controller's writes in flight
         self._synced = threading.Event()
@@ -153,12 +162,12 @@ class Informer:
             if not self._synced.is_set():
                 return None
             found = self._objects.get(key)
-            return copy.deepcopy(found) if found is not None else None
+        return found.object if found is not None else None
 
-    def items(self) -> list[KubeObject] | None:
-        """Every object held (not copies: read, never change them); None until synced."""
+    def held(self) -> dict[Key, Held] | None:
+        """Every object held, by key; None until synced."""
         with self._lock:
-            return list(self._objects.values()) if self._synced.is_set() else None
+            return dict(self._objects) if self._synced.is_set() else None
 
     @contextlib.contextmanager
     def writing(self, key: Key) -> Iterator[None]:
@@ -176,15 +185,15 @@ class Informer:
 
     def wrote(self, obj: KubeObject) -> None:
         """The server's answer to the controller's own write."""
-        obj = slim(copy.deepcopy(obj), self.kind, self.api_version)
-        key = key_of(obj)
+        obj = slim(obj, self.kind, self.api_version)
+        key, written = key_of(obj), held(obj)
         with self._lock:
             self._forgotten.pop(key, None)
             known = self._objects.get(key)
             if not selected(obj, self.selector):
                 self._objects.pop(key, None)
-            elif known is None or newer(obj, known):
-                self._objects[key] = obj
+            elif known is None or newer(written.version, known.version):
+                self._objects[key] = written
 
     def forget(self, key: Key) -> None:
         """The controller is about to delete the object."""
@@ -233,7 +242,7 @@ class Informer:
 
     def _list(self) -> str:
         """Every selected object, a page at a time; the version to watch from."""
-        objects: dict[Key, KubeObject] = {}
+        objects: dict[Key, Held] = {}
         token = None
         while True:
             response = self._request(f"listing {self.what}", limit=PAGE, _continue=token,
@@ -244,14 +253,14 @@ class Informer:
                 raise TransientError(f"listing {self.what}: not JSON: {error}") from None
             for item in listed.get("items") or []:
                 obj = slim(item, self.kind, self.api_version)
-                objects[key_of(obj)] = obj
+                objects[key_of(obj)] = held(obj)
             token = (listed.get("metadata") or {}).get("continue")
             if not token:
                 break
         with self._lock:
             before = self._objects if self.lists else {}
             for key, known in self._objects.items():  # written meanwhile: the newer stays
-                if key in objects and not newer(objects[key], known):
+                if key in objects and not newer(objects[key].version, known.version):
                     objects[key] = known
             self._objects = objects
             self.lists += 1
@@ -259,9 +268,9 @@ class Informer:
         for key, old in before.items():  # what changed while the watch was away
             new = objects.get(key)
             if new is None:
-                self._changed(old, "deleted")
-            elif content(old) != content(new):
-                self._changed(new, "changed")
+                self._changed(old.object, "deleted")
+            elif new.text != old.text and content(old.object) != content(new.object):
+                self._changed(new.object, "changed")
         return str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
     def _follow(self, version: str) -> str:
@@ -294,7 +303,7 @@ class Informer:
         if kind == "BOOKMARK":
             return str(version) if version else None
         obj = slim(obj, self.kind, self.api_version)
-        key = key_of(obj)
+        key, copied = key_of(obj), held(obj)
         change = None
         with self._lock:
             known = self._objects.get(key)
@@ -306,10 +315,10 @@ class Informer:
             if kind == "DELETED":
                 if self._objects.pop(key, None) is not None:
                     change = "deleted"
-            elif known is None or newer(obj, known):
-                self._objects[key] = obj
+            elif known is None or newer(copied.version, known.version):
+                self._objects[key] = copied
                 if known is not None and key not in self._writing and \
-                        content(known) != content(obj):
+                        content(known.object) != content(obj):
                     change = "changed"
         if change is not None:
             self._changed(obj, change)
