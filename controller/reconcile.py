@@ -1,7 +1,8 @@
 """One reconcile of every app: observe → decide → act → record, as a straight line.
 
 Observe reads git (the app folder at the branch head) and the cluster (live stable, variants;
-every `--resync` also what differs from git: drift); decide is the pure state machine; act
+every `--resync`, and at once when the watch reports someone else's change (`changed`), also
+what differs from git: drift); decide is the pure state machine; act
 applies or deletes through the Kubernetes edge; record posts the commit statuses of every app
 together at the end of the sweep and saves each app's record in the cluster. A failed stage
 records its own reason: input errors and refused writes become an error status, transient
