@@ -215,8 +215,11 @@ class Informer:
             try:
                 if version is None:
                     version = self._list()
+                started = time.monotonic()
                 version = self._follow(version)
                 backoff = BACKOFF[0]
+                if time.monotonic() - started < BACKOFF[0]:  # ended at once: never a busy loop
+                    self._stop.wait(BACKOFF[0])
             except Gone as gone:
                 log.info("watching %s: %s: listing again", self.what, gone)
                 version = None
