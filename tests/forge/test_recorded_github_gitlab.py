@@ -99,19 +99,25 @@ def test_github_does_not_post_a_duplicate() -> None:
     assert recorded.pairs == []
 
 
-def test_retries_5xx_and_rate_limits_then_gives_up_as_transient() -> None:
-    busy = ({"method": "GET", "path": f"/repos/o/r/commits/{SHA}/statuses"},
-            httpx.Response(503, text="unavailable"))
-    limited = ({"method": "GET", "path": f"/repos/o/r/commits/{SHA}/statuses"},
-               httpx.Response(429, headers={"Retry-After": "1"}, text="slow down"))
+def posted_after(*answers: tuple[dict[str, Any], httpx.Response]) -> list[float]:
+    """Post a status on GitHub after `answers` to its first request; the waits it took."""
     delays: list[float] = []
-    recorded = Recorded([busy, limited, github_list_empty("o/r"),
+    recorded = Recorded([*answers, github_list_empty("o/r"),
                          ({"method": "POST", "path": f"/repos/o/r/statuses/{SHA}"},
                           GITHUB_CREATED)])
     forge_sink = sink("github", "o/r", recorded)
     forge_sink.sleep = delays.append
     assert forge_sink.post("app", SHA, StatusState.PENDING, "canary deployed")
-    assert delays == [0.5, 1.0]
+    assert recorded.pairs == []
+    return delays
+
+
+def test_retries_5xx_and_rate_limits_then_gives_up_as_transient() -> None:
+    busy = ({"method": "GET", "path": f"/repos/o/r/commits/{SHA}/statuses"},
+            httpx.Response(503, text="unavailable"))
+    limited = ({"method": "GET", "path": f"/repos/o/r/commits/{SHA}/statuses"},
+               httpx.Response(429, headers={"Retry-After": "1"}, text="slow down"))
+    assert posted_after(busy, limited) == [0.5, 1.0]
 
     failing = Recorded([busy] * 4)
     with pytest.raises(TransientError, match="HTTP 503"):
@@ -125,23 +131,18 @@ def test_a_rate_limit_is_waited_out_as_long_as_the_forge_asks_within_bounds() ->
     exhausted = (listing, httpx.Response(403, headers={
         "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 5)},
         text="API rate limit exceeded"))
-    delays: list[float] = []
-    recorded = Recorded([limited, exhausted, github_list_empty("o/r"),
-                         ({"method": "POST", "path": f"/repos/o/r/statuses/{SHA}"},
-                          GITHUB_CREATED)])
-    forge_sink = sink("github", "o/r", recorded)
-    forge_sink.sleep = delays.append
-    assert forge_sink.post("app", SHA, StatusState.PENDING, "canary deployed")
-    assert delays[0] == 3.0
-    assert 3.0 <= delays[1] <= 5.0
+    first, second = posted_after(limited, exhausted)
+    assert first == 3.0
+    assert 3.0 <= second <= 5.0
 
     # An hour's wait is not taken inside a reconcile: transient, posted on a later one.
     later = Recorded([(listing, httpx.Response(429, headers={"Retry-After": "3600"}))])
     patient = sink("github", "o/r", later)
+    delays: list[float] = []
     patient.sleep = delays.append
     with pytest.raises(TransientError, match="asks to wait 3600s: posted on a later reconcile"):
         patient.post("app", SHA, StatusState.PENDING, "canary deployed")
-    assert len(delays) == 2  # no sleep for it
+    assert delays == []  # no sleep for it
 
 
 def test_a_403_with_requests_remaining_is_a_refusal_not_a_rate_limit() -> None:
