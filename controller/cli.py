@@ -293,6 +293,7 @@ def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     metrics = Metrics()
+    metrics.watches = kube.watches
     secret = _secret(args.webhook_secret_file, "GITOPS_CANARY_WEBHOOK_SECRET")
     push = _Push(wake)
     server = serve(metrics, args.metrics_address, args.interval, on_push=push,

@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,10 +27,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from controller import __version__
 from controller.domain.types import Phase, StatusState
 from controller.domain.webhooks import Hook, classify
+from controller.edges.watch import Informer
 from controller.reconcile import Result
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,30 @@ EVENTS = {  # (state, first word of the description) -> transition, for the dash
     (StatusState.SUCCESS, "promoted"): "promoted",
     (StatusState.FAILURE, "rejected"): "rejected",
 }
+
+
+class _Watches(Collector):
+    """The watched copy, read when scraped: is each informer trusted (listed and following),
+    how often it had to list, how many events it received."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["kind", "namespace"]
+        synced = GaugeMetricFamily("gitops_canary_watch_synced", "1 while an informer's copy "
+                                   "is trusted (listed, watch following); 0 before, after a "
+                                   "failure until listed again, or refused", labels=labels)
+        lists = CounterMetricFamily("gitops_canary_watch_lists", "Lists of an informer: one, "
+                                    "and one per gap in its watch", labels=labels)
+        events = CounterMetricFamily("gitops_canary_watch_events", "Watch events received",
+                                     labels=labels)
+        for informer in self.metrics.watches():
+            names = [informer.kind, informer.namespace or ""]
+            synced.add_metric(names, 1.0 if informer.synced else 0.0)
+            lists.add_metric(names, informer.lists)
+            events.add_metric(names, informer.events)
+        yield from (synced, lists, events)
 
 
 class Metrics:
@@ -74,6 +101,8 @@ class Metrics:
                              "Objects found differing from git: corrected, or only reported "
                              "(drift: report; counted once per drift)", ["app", "outcome"],
                              registry=r)
+        self.watches: Callable[[], list[Informer]] = list  # `Kube.watches`, when watching
+        r.register(_Watches(self))
         self._seen_status: dict[str, Any] = {}
         self._seen_analysis: dict[str, str | None] = {}
         self.last_success: float | None = None

@@ -154,6 +154,11 @@ class Kube:
         first read or written. `on_change` hears of changes someone else makes."""
         self._watch = (frozenset(kinds), on_change)
 
+    def watches(self) -> list[Informer]:
+        """The informers started so far (their `synced`, `lists` and `events`: /metrics)."""
+        with self._informing:
+            return list(self._informers.values())
+
     def close(self) -> None:
         """Stop every informer."""
         with self._informing:

@@ -123,7 +123,8 @@ class Informer:
         self.selector, self.on_change = selector, on_change
         self.timeout, self.watch_seconds = timeout, watch_seconds
         self.what = f"{self.kind} in {namespace or 'every namespace'} ({selector})"
-        self.lists = 0  # how many times the kind was listed (a test's window into the gaps)
+        self.lists = 0  # how many times the kind was listed: 1, and one per gap
+        self.events = 0  # watch events received
         self.refused: str | None = None  # the server's refusal: never synced
         self._objects: dict[Key, Held] = {}
         self._forgotten: dict[Key, float] = {}  # deleted by the controller: when
@@ -306,6 +307,7 @@ class Informer:
         version = (obj.get("metadata") or {}).get("resourceVersion")
         if kind == "BOOKMARK":
             return str(version) if version else None
+        self.events += 1
         obj = slim(obj, self.kind, self.api_version)
         key, copied = key_of(obj), held(obj)
         change = None

@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
+from prometheus_client import generate_latest
 
 from controller.domain.render import Key
 from controller.domain.types import LABEL_APP
 from controller.drift import Resync
 from controller.edges.kube import RETRIES, Kube
 from controller.edges.watch import Informer
+from controller.metrics import Metrics
 from controller.run import loop
 from localcluster.counting import Requests
 from tests.controller.conftest import Harness, deployment
@@ -40,6 +42,13 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> 
             return found
         time.sleep(0.1)
     pytest.fail(f"not within {timeout:.0f}s: {what}")
+
+
+def scraped(kube: Kube) -> str:
+    """/metrics of a controller watching with `kube`."""
+    metrics = Metrics()
+    metrics.watches = kube.watches
+    return generate_latest(metrics.registry).decode()
 
 
 def synced(kube: Kube, kind: str, namespace: str) -> Informer:
@@ -80,6 +89,9 @@ def test_the_copy_follows_the_cluster_and_reports_only_someone_elses_changes(
         synced(kube, "Deployment", namespace)
         wait_for(lambda: (d := deployments.read_namespaced_deployment("web", namespace))
                  and d.status.ready_replicas == 2, "web rolled out")
+        series = f'{{kind="Deployment",namespace="{namespace}"}}'
+        assert f"gitops_canary_watch_synced{series} 1.0" in scraped(kube)
+        assert f"gitops_canary_watch_lists_total{series} 1.0" in scraped(kube)
         web["spec"]["replicas"] = 3  # the controller's own change, and the rollout after it
         kube.apply([web])
         wait_for(lambda: deployments.read_namespaced_deployment(
@@ -259,6 +271,8 @@ def test_a_watch_cut_off_lists_again_and_reports_what_changed_meanwhile(
 
             proxy.cut()
             wait_for(lambda: not informer.synced, "the copy no longer trusted")
+            series = f'{{kind="ConfigMap",namespace="{namespace}"}}'
+            assert f"gitops_canary_watch_synced{series} 0.0" in scraped(kube)
             assert kube.informer("ConfigMap", namespace) is informer
             direct.patch_namespaced_config_map("changed", namespace,
                                                {"data": {"GREETING": "hacked"}},
@@ -267,6 +281,8 @@ def test_a_watch_cut_off_lists_again_and_reports_what_changed_meanwhile(
             proxy.restore()
 
             wait_for(lambda: informer.synced and informer.lists >= 2, "listed again")
+            assert f"gitops_canary_watch_lists_total{series} {informer.lists:.1f}" in \
+                scraped(kube)
             assert sorted(seen) == [("web", ("ConfigMap", namespace, "changed"), "changed"),
                                     ("web", ("ConfigMap", namespace, "gone"), "deleted")]
             assert (kube.get(("ConfigMap", namespace, "changed")) or {})["data"] == \
